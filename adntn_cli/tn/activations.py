@@ -8,6 +8,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from .errors import TNConfigError
+
 __all__ = ["ACTIVATIONS", "Activation", "get_activation", "register_activation"]
 
 
@@ -41,7 +43,7 @@ def get_activation(name: str) -> Activation:
         return ACTIVATIONS[name]
     except KeyError:
         known = ", ".join(sorted(ACTIVATIONS))
-        raise ValueError(f"unknown activation {name!r}; known: {known}") from None
+        raise TNConfigError(f"unknown activation {name!r}; known: {known}") from None
 
 
 register_activation("identity", lambda x: x)

@@ -86,6 +86,7 @@ class TNGenerator(nn.Module):
                 f"bond_dim {self.bond_dims} needs about {format_bytes(need)} to generate it "
                 f"(largest intermediate {format_bytes(cost.peak_elems * size)}), over the memory "
                 f"budget of {format_bytes(budget)}; taper bond_dim or raise limits.memory_gb"
+                + (f" ({self.network.info['hint']})" if "hint" in self.network.info else "")
             )
 
     @torch.no_grad()
@@ -153,7 +154,7 @@ class TNGenerator(nn.Module):
     @property
     def ratio(self) -> float:
         """``dense_params / num_params``: how many times fewer parameters."""
-        return self.dense_params / self.num_params
+        return self.dense_params / max(1, self.num_params)
 
     @property
     def bond_dims(self) -> list[int]:

@@ -18,9 +18,10 @@ finest level's legs are the physical legs::
 Leg counts that are not powers of two: going up from the physical legs, neighbours are paired and
 with an odd count the last leg is carried through that level unsplit (same dimension, no
 isometry; it still meets the disentangler on its left). The state at a level with legs of
-dimensions ``c_1..c_L`` has ``prod c_j`` entries, so bond dimensions must taper: a leg's bond is
-clamped to the product of the physical dimensions below it, and the plan refuses (with its
-estimate) a program whose intermediates exceed the memory budget.
+dimensions ``c_1..c_L`` has ``prod c_j`` entries, so bond dimensions must taper: a bond larger
+than the product of the physical dimensions below its leg only grows the state past ``|W|``, and
+the plan refuses (with its estimate and these caps) a program whose intermediates exceed the
+memory budget. Bonds are not clamped: what is asked for is what is costed.
 
 Cost is dominated by the finest levels, about ``|W| (chi + n_dis d^2)`` multiply-adds over several
 passes of ``|W|``. MERA's disentanglers couple input and output legs everywhere: it only
@@ -92,8 +93,8 @@ class MERA(Structure):
             for j, g in enumerate(groups):
                 prod = math.prod(below[s - 1][c] for c in g)
                 if len(g) == 2:
-                    lv.append((b.index(f"l{s}_{j}", min(chi, prod)),))
-                    b.used[depth - s] = max(b.used.get(depth - s, 0), min(chi, prod))
+                    lv.append((b.index(f"l{s}_{j}", chi),))
+                    b.used[depth - s] = chi
                 else:  # carried unsplit: same dimensions, renamed for this level
                     child = legs[s - 1][g[0]]
                     lv.append(tuple(b.index(f"{n}^{s}", b.sizes[n]) for n in child))
@@ -129,4 +130,6 @@ class MERA(Structure):
                 state = b.step(f"s{s - 1}", ops, out_idx, acts[depth - s], f"level {depth - s + 1}")
             else:
                 b.step("w", ops, b.w_out + b.w_in, spec.output_activation, f"level {depth}")
-        return b.network(contractible=False)
+        caps = [max(bl) for bl in below[1:]][::-1]
+        hint = f"mera bonds above {caps} (coarse to fine) only grow the state"
+        return b.network(contractible=False, hint=hint)
