@@ -44,13 +44,18 @@ class Operand:
 
 @dataclass(frozen=True)
 class Step:
-    """``out[out_indices] = activation(einsum(operands))``."""
+    """``out[out_indices] = activation(einsum(operands))``.
+
+    ``sequential`` asks for the operands to be contracted in the order given (a sweep), for long
+    steps whose good order the structure knows and a path search would take long to find.
+    """
 
     out: str
     operands: tuple[Operand, ...]
     out_indices: tuple[str, ...]
     activation: str = "identity"
     label: str = ""
+    sequential: bool = False
 
 
 @dataclass(frozen=True)
@@ -114,7 +119,12 @@ def merge_linear(steps: Sequence[Step]) -> list[Step]:
             for op in user.operands:
                 ops.extend(step.operands if op.name == step.out else (op,))
             steps[users[0]] = Step(
-                user.out, tuple(ops), user.out_indices, user.activation, user.label or step.label
+                user.out,
+                tuple(ops),
+                user.out_indices,
+                user.activation,
+                user.label or step.label,
+                user.sequential and step.sequential,
             )
             del steps[k]
             changed = True
@@ -122,7 +132,13 @@ def merge_linear(steps: Sequence[Step]) -> list[Step]:
     return steps
 
 
-def _optimizer(n_operands: int) -> str:
+SEQUENTIAL_ABOVE = 10  # operands; below this a dp search is fast and at least as good
+
+
+def _optimizer(n_operands: int, sequential: bool) -> str | list[tuple[int, int]]:
+    """Path search by size; a sweep (``[(0, 1), (0, last), ...]``) for long sequential steps."""
+    if sequential and n_operands > SEQUENTIAL_ABOVE:
+        return [(0, 1)] + [(0, n - 1) for n in range(n_operands - 1, 1, -1)]
     if n_operands <= 4:
         return "optimal"
     return "dp" if n_operands <= 24 else "greedy"
@@ -150,13 +166,11 @@ class _Compiled:
         self.symbols = {name: oe.get_symbol(k) for k, name in enumerate(names)}
         self.eq = self._equation([op.indices for op in step.operands], step.out_indices)
         self.shapes = [tuple(sizes[i] for i in op.indices) for op in step.operands]
-        opt = _optimizer(len(self.shapes))
-        self.expr = oe.contract_expression(
-            self.eq, *self.shapes, optimize=opt, memory_limit=memory_limit
-        )
-        _, info = oe.contract_path(
+        opt = _optimizer(len(self.shapes), step.sequential)
+        path, info = oe.contract_path(
             self.eq, *self.shapes, shapes=True, optimize=opt, memory_limit=memory_limit
         )
+        self.expr = oe.contract_expression(self.eq, *self.shapes, optimize=path)
         cost = _path_cost(info)
         out_elems = math.prod(sizes[i] for i in step.out_indices)
         if not self.activation.linear:  # the activation writes the output once more

@@ -26,6 +26,8 @@ Two forms (option ``disentangler``):
   outputs separately it can be applied to the activations (``x`` through ``U^i``, the tree, then
   ``U^o``), so the contract schedule applies; legs of ``d <= 16``.
 
+Option ``leg_dim`` overrides the bound on the automatic legs (smaller legs, cheaper
+disentanglers, higher reachable ratios).
 ``output_activation`` (default identity) may follow the disentanglers; a nonlinear one restricts
 the layer to the materialise schedule.
 Parameters: those of the TTN plus ``floor((N-1)/2)`` disentanglers.
@@ -58,6 +60,7 @@ class AugTTN(TreeMixin, Structure):
         "mixing": "none",
         "mixing_activation": None,
         "disentangler": "full",
+        "leg_dim": None,
     }
 
     def form(self, spec: StructureSpec) -> str:
@@ -67,7 +70,8 @@ class AugTTN(TreeMixin, Structure):
         return form
 
     def max_leg_dim(self, spec: StructureSpec) -> int | None:
-        return 4 if self.form(spec) == "full" else 16
+        default = 4 if self.form(spec) == "full" else 16
+        return self.option(spec, "leg_dim") or default
 
     def build(self, tz: Tensorization, spec: StructureSpec) -> Network:
         form = self.form(spec)

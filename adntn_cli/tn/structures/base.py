@@ -93,8 +93,10 @@ class Builder:
         out_indices: Sequence[str],
         activation: str = "identity",
         label: str = "",
+        sequential: bool = False,
     ) -> Operand:
-        self.steps.append(Step(out, tuple(operands), tuple(out_indices), activation, label))
+        step = Step(out, tuple(operands), tuple(out_indices), activation, label, sequential)
+        self.steps.append(step)
         return Operand(out, tuple(out_indices))
 
     def network(self, contractible: bool, **info: Any) -> Network:

@@ -23,6 +23,9 @@ than the product of the physical dimensions below its leg only grows the state p
 the plan refuses (with its estimate and these caps) a program whose intermediates exceed the
 memory budget. Bonds are not clamped: what is asked for is what is costed.
 
+Option ``leg_dim`` (default 4) bounds the physical legs; 2 or 3 gives more, smaller legs, whose
+disentanglers cost fewer parameters (``d^4`` each), for the highest compression ratios.
+
 Cost is dominated by the finest levels, about ``|W| (chi + n_dis d^2)`` multiply-adds over several
 passes of ``|W|``. MERA's disentanglers couple input and output legs everywhere: it only
 materialises. Parameters (``N = 8`` legs of dimension ``d``, uniform ``chi``):
@@ -57,10 +60,10 @@ def mera_layers(n_legs: int, top_legs: int) -> list[list[tuple[int, ...]]]:
 
 @register_structure("mera")
 class MERA(Structure):
-    options: ClassVar[dict[str, Any]] = {"top_legs": 2}
+    options: ClassVar[dict[str, Any]] = {"top_legs": 2, "leg_dim": 4}
 
     def max_leg_dim(self, spec: StructureSpec) -> int | None:
-        return 4
+        return self.option(spec, "leg_dim")
 
     def _layers(self, tz: Tensorization, spec: StructureSpec) -> list[list[tuple[int, ...]]]:
         top = self.option(spec, "top_legs")
@@ -117,19 +120,23 @@ class MERA(Structure):
                         pre[c] = tuple(b.index(f"{n}~", b.sizes[n]) for n in children[c])
                     else:
                         pre[c] = children[c]
+            # Operands in sweep order: each isometry, then the disentangler that needs it.
             ops: list[Operand] = [state]
             for j, g in enumerate(groups):
                 if len(g) == 2:
                     ops.append(b.core(f"iso{s}_{j}", (*legs[s][j], *pre[g[0]], *pre[g[1]])))
-            for j in range(len(groups) - 1):
-                c1, c2 = groups[j][-1], groups[j + 1][0]
-                out, inp = children[c1] + children[c2], pre[c1] + pre[c2]
-                ops.append(b.core(f"dis{s}_{j}", (*out, *inp), init="identity", n_out=len(out)))
+                if j > 0:
+                    c1, c2 = groups[j - 1][-1], g[0]
+                    out, inp = children[c1] + children[c2], pre[c1] + pre[c2]
+                    dis = b.core(f"dis{s}_{j - 1}", (*out, *inp), init="identity", n_out=len(out))
+                    ops.append(dis)
+            label = f"level {depth - s + 1}"
             if s > 1:
                 out_idx = tuple(i for leg in children for i in leg)
-                state = b.step(f"s{s - 1}", ops, out_idx, acts[depth - s], f"level {depth - s + 1}")
+                state = b.step(f"s{s - 1}", ops, out_idx, acts[depth - s], label, sequential=True)
             else:
-                b.step("w", ops, b.w_out + b.w_in, spec.output_activation, f"level {depth}")
+                out_idx = b.w_out + b.w_in
+                b.step("w", ops, out_idx, spec.output_activation, label, sequential=True)
         caps = [max(bl) for bl in below[1:]][::-1]
         hint = f"mera bonds above {caps} (coarse to fine) only grow the state"
-        return b.network(contractible=False, hint=hint)
+        return b.network(contractible=False, hint=hint, caps=caps)
