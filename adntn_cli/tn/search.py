@@ -51,9 +51,10 @@ def bond_dim_for_ratio(
         return gen is not None and gen.num_params <= allowed
 
     if not fits(1):
+        shape = "x".join(map(str, weight_shape))
         raise TNConfigError(
-            f"{spec.structure} cannot reach {target_ratio:g}x on {'x'.join(map(str, weight_shape))}: "
-            f"its smallest generator has {probe.num_params} parameters, the budget is {allowed:.0f}"
+            f"{spec.structure} cannot reach {target_ratio:g}x on {shape}: its smallest generator "
+            f"has {probe.num_params} parameters, the budget is {allowed:.0f}"
         )
     lo, hi = 1, 2
     while hi <= max_bond and fits(hi):
