@@ -38,17 +38,19 @@ def _copy_param(p: torch.Tensor | None) -> nn.Parameter | None:
 class _CachedWeight:
     """The eval-mode weight cache of one generator, keyed on its cores' versions and storage."""
 
-    def __init__(self) -> None:
+    def __init__(self, padded: bool = False) -> None:
+        self.padded = padded
         self.key: tuple | None = None
         self.value: torch.Tensor | None = None
 
     def get(self, gen: TNGenerator, training: bool) -> torch.Tensor:
+        make = gen.padded_matrix if self.padded else gen
         if training or torch.is_grad_enabled():
             self.key = self.value = None
-            return gen()
+            return make()
         key = tuple((p._version, p.data_ptr(), p.dtype, p.device) for p in gen.parameters())
         if key != self.key:
-            self.value, self.key = gen(), key
+            self.value, self.key = make(), key
         return self.value
 
     @property
@@ -75,9 +77,9 @@ class GeneratedModule(nn.Module):
             cache.key = cache.value = None
         return super().train(mode)
 
-    def _weight(self, name: str) -> torch.Tensor:
+    def _weight(self, name: str, padded: bool = False) -> torch.Tensor:
         caches = self.__dict__.setdefault("_caches", {})
-        cache = caches.setdefault(name, _CachedWeight())
+        cache = caches.setdefault((name, padded), _CachedWeight(padded))
         return cache.get(getattr(self, name), self.training)
 
     def to_dense(self) -> nn.Module:
@@ -134,6 +136,10 @@ class GeneratedLinear(GeneratedModule):
     def weight(self) -> torch.Tensor:
         return self._weight("generator")
 
+    @property
+    def padded(self) -> bool:
+        return self.generator.tz.is_padded
+
     def schedule(self, batch: int) -> str:
         """The execution schedule for ``batch`` rows, from the cost model (cached)."""
         cached = not self.training and not torch.is_grad_enabled()
@@ -148,6 +154,11 @@ class GeneratedLinear(GeneratedModule):
         self.last_schedule = self.schedule(batch)
         if self.last_schedule == "contract":
             y = self.generator.contract(x)
+            return y if self.bias is None else y + self.bias
+        if self.padded:  # pad x rather than slice (copy) W: B x I instead of |W|
+            tz = self.generator.tz
+            wp = self._weight("generator", padded=True)
+            y = F.linear(F.pad(x, (0, tz.in_padded_size - tz.in_size)), wp)[..., : tz.out_size]
             return y if self.bias is None else y + self.bias
         return F.linear(x, self.weight, self.bias)
 

@@ -29,12 +29,18 @@ def test_linear_from_module_keeps_bias_and_std():
 
 
 @pytest.mark.parametrize("batch", [1, 4096])
-def test_linear_schedules_agree(batch):
-    layer = GeneratedLinear(96, 64, TTN, dtype=torch.float64)
-    x = torch.randn(batch, 96, dtype=torch.float64)
+@pytest.mark.parametrize("structure", ["ttn", "mera", "lowrank"])
+@pytest.mark.parametrize("shape", [(64, 96), (97, 13)])
+def test_linear_schedules_agree(batch, structure, shape):
+    spec = StructureSpec(structure, bond_dim=3)
+    layer = GeneratedLinear(shape[1], shape[0], spec, dtype=torch.float64)
+    x = torch.randn(batch, shape[1], dtype=torch.float64)
     ref = F.linear(x, layer.generator(), layer.bias)
     torch.testing.assert_close(layer(x), ref)
     assert layer.last_schedule in {"contract", "materialise"}
+    layer.eval()
+    with torch.no_grad():
+        torch.testing.assert_close(layer(x), ref)
 
 
 @pytest.mark.parametrize(

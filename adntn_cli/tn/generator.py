@@ -122,6 +122,12 @@ class TNGenerator(nn.Module):
         """The generated weight, shaped like the weight it replaces."""
         return self._to_weight(self.program.run(dict(self.cores), self.scale))
 
+    def padded_matrix(self) -> torch.Tensor:
+        """The generated weight before slicing, as an (O_pad, I_pad) matrix (no copy)."""
+        return self.program.run(dict(self.cores), self.scale).reshape(
+            self.tz.out_padded, self.tz.in_padded_size
+        )
+
     @property
     def contractible(self) -> bool:
         """Whether ``contract`` applies: a linear final step and a Linear-shaped weight."""

@@ -28,6 +28,7 @@ import opt_einsum as oe
 import torch
 
 from .activations import get_activation
+from .executor import PairPlan, permute_copy, plan_path, run_path
 
 __all__ = ["CoreSpec", "Network", "Operand", "PathCost", "Program", "Step"]
 
@@ -79,6 +80,7 @@ class Network:
     w_in: tuple[str, ...]
     contractible: bool = False
     info: dict = field(default_factory=dict)
+    rank: dict[str, float] = field(default_factory=dict)  # canonical position of each index
 
     def core_shape(self, spec: CoreSpec) -> tuple[int, ...]:
         return tuple(self.index_sizes[i] for i in spec.indices)
@@ -157,9 +159,15 @@ def _path_cost(info: oe.contract.PathInfo) -> PathCost:
 
 
 class _Compiled:
-    """One merged step with its contraction path chosen once."""
+    """One merged step with its contraction path chosen once and planned for execution."""
 
-    def __init__(self, step: Step, sizes: Mapping[str, int], memory_limit: int | None) -> None:
+    def __init__(
+        self,
+        step: Step,
+        sizes: Mapping[str, int],
+        memory_limit: int | None,
+        rank: Mapping[str, float],
+    ) -> None:
         self.step = step
         self.activation = get_activation(step.activation)
         names = sorted({i for op in step.operands for i in op.indices} | set(step.out_indices))
@@ -170,7 +178,12 @@ class _Compiled:
         path, info = oe.contract_path(
             self.eq, *self.shapes, shapes=True, optimize=opt, memory_limit=memory_limit
         )
-        self.expr = oe.contract_expression(self.eq, *self.shapes, optimize=path)
+        terms = [op.indices for op in step.operands]
+        self.plans, final = plan_path(terms, step.out_indices, path, sizes, rank)
+        if len(terms) == 1 and set(final) != set(step.out_indices):  # a lone trace or sum
+            final = tuple(sorted(step.out_indices, key=lambda i: rank[i]))
+            self.plans = [PairPlan((0,), "einsum", final, eq=self._equation(terms, final))]
+        self.final_perm = tuple(final.index(i) for i in step.out_indices)
         cost = _path_cost(info)
         out_elems = math.prod(sizes[i] for i in step.out_indices)
         if not self.activation.linear:  # the activation writes the output once more
@@ -186,8 +199,12 @@ class _Compiled:
             + "".join(sym[i] for i in out)
         )
 
-    def linear_part(self, operands: Sequence[torch.Tensor]) -> torch.Tensor:
-        return self.expr(*operands, backend="torch")
+    def linear_part(self, operands: Sequence[torch.Tensor], copy: bool = False) -> torch.Tensor:
+        """The step before its activation; ``copy`` lays it out contiguously (the weight)."""
+        out = run_path(self.plans, operands)
+        if copy and self.final_perm != tuple(range(out.dim())):
+            return permute_copy(out, self.final_perm)
+        return out.permute(self.final_perm)
 
 
 class Program:
@@ -197,7 +214,12 @@ class Program:
         self.network = network
         self.sizes = dict(network.index_sizes)
         self.core_names = [c.name for c in network.cores]
-        self.steps = [_Compiled(s, self.sizes, memory_limit) for s in merge_linear(network.steps)]
+        late = 1e12  # indices without a rank go last, in name order
+        self.rank = {BATCH: -1.0, **{i: late + k for k, i in enumerate(sorted(self.sizes))}}
+        self.rank.update(network.rank)
+        self.steps = [
+            _Compiled(s, self.sizes, memory_limit, self.rank) for s in merge_linear(network.steps)
+        ]
         final = self.steps[-1].step
         expected = tuple(network.w_out) + tuple(network.w_in)
         if final.out_indices != expected:
@@ -255,7 +277,7 @@ class Program:
         """The padded weight as a tensor with indices ``w_out + w_in``."""
         env = self._run_prefix(cores, scale)
         last = self.steps[-1]
-        out = last.activation(last.linear_part(self._operands(last, env)))
+        out = last.activation(last.linear_part(self._operands(last, env), copy=True))
         if scale is not None and self.scale_into is None:
             out = out * scale
         return out
@@ -267,7 +289,7 @@ class Program:
             x = Operand(BATCH, (BATCH, *self.network.w_in))
             step = Step("y", (*final.operands, x), (BATCH, *self.network.w_out), "identity")
             sizes = {**self.sizes, BATCH: batch}
-            compiled = _Compiled(step, sizes, self.memory_limit)
+            compiled = _Compiled(step, sizes, self.memory_limit, self.rank)
             self._contract_cache[batch] = (compiled, self._prefix_cost() + compiled.cost)
         return self._contract_cache[batch]
 

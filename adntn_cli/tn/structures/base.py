@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import re
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from typing import Any, ClassVar
@@ -54,6 +55,7 @@ class Builder:
         self.steps: list[Step] = []
         self._count: dict[str, int] = {}
         self.used: dict[int, int] = {}  # level -> largest bond dimension actually used
+        self.rank: dict[str, float] = {}  # canonical order: physical legs, then bonds as made
         self.w_out = tuple(n for k in range(tz.n_legs) for n in self.leg(k, part="o"))
         self.w_in = tuple(n for k in range(tz.n_legs) for n in self.leg(k, part="i"))
 
@@ -62,12 +64,17 @@ class Builder:
         names = []
         for p, size in (("o", o), ("i", i)):
             if p in part and (size > 1 or (o == 1 and i == 1 and p == "o")):
-                names.append(self.index(f"{p}{k}{suffix}", size))
+                names.append(self.index(f"{p}{k}{suffix}", size, 2 * k + (p == "i")))
         return tuple(names)
 
-    def index(self, name: str, size: int) -> str:
+    def index(self, name: str, size: int, rank: float | None = None) -> str:
+        """Declare an index; a renamed copy (``name~``, ``name^2``) sorts where its base does."""
         if self.sizes.setdefault(name, size) != size:
             raise AssertionError(f"index {name} redefined with size {size}")
+        if name not in self.rank:
+            base = re.split(r"[~^]", name)[0]
+            default = self.rank.get(base, 1e9 + len(self.rank))
+            self.rank[name] = default if rank is None else rank
         return name
 
     def bond(self, size: int, tag: str = "b", level: int | None = None) -> str:
@@ -102,7 +109,7 @@ class Builder:
     def network(self, contractible: bool, **info: Any) -> Network:
         info.setdefault("bond_dim", [self.used[k] for k in sorted(self.used)])
         return Network(
-            self.sizes, self.cores, self.steps, self.w_out, self.w_in, contractible, info
+            self.sizes, self.cores, self.steps, self.w_out, self.w_in, contractible, info, self.rank
         )
 
 

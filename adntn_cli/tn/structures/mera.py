@@ -96,7 +96,8 @@ class MERA(Structure):
             for j, g in enumerate(groups):
                 prod = math.prod(below[s - 1][c] for c in g)
                 if len(g) == 2:
-                    lv.append((b.index(f"l{s}_{j}", chi),))
+                    first = min(b.rank[i] for i in legs[s - 1][g[0]])
+                    lv.append((b.index(f"l{s}_{j}", chi, first),))
                     b.used[depth - s] = chi
                 else:  # carried unsplit: same dimensions, renamed for this level
                     child = legs[s - 1][g[0]]

@@ -1,0 +1,243 @@
+"""Generator cost against the dense layer, for the VGG-16 and AlexNet layer shapes.
+
+For each layer shape, structure and budget (~2,000x and ~20,000x fewer parameters) this reports the
+plan's numbers (parameters, ratio, generator FLOPs, peak intermediate, passes over |W|, schedule)
+and, measured in one run as medians of --repeats timings, the ratio of one training step of the
+compressed layer (forward + backward, generator included) to one of the dense layer, at each batch
+size. Budgets a structure cannot reach are rows marked unreachable.
+
+    python benchmarks/bench_generators.py                      # CPU, full grid
+    python benchmarks/bench_generators.py --device cuda        # adds device: cuda rows
+    python benchmarks/bench_generators.py --layers vgg16.fc6 --structures ttn tt --repeats 3
+
+Results: benchmarks/results/generators.json (rows of other devices are kept) and generators.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from adntn_cli.layers import GeneratedConv2d, GeneratedLinear
+from adntn_cli.tn import StructureSpec, TNConfigError
+from adntn_cli.tn.search import bond_dim_for_ratio
+
+LAYERS = {
+    "vgg16.fc6": (4096, 25088),
+    "vgg16.fc7": (4096, 4096),
+    "vgg16.fc8": (1000, 4096),
+    "vgg16.conv5": (512, 512, 3, 3),
+    "alexnet.fc6": (4096, 9216),
+}
+CONV_HW = 14  # VGG-16's conv5 block works on 14x14 maps at 224x224 input
+STRUCTURES = ["ttn", "augttn", "mera", "tt", "lowrank"]
+RATIOS = [2000, 20000]
+OUT = Path(__file__).parent / "results"
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def dense_module(shape, device):
+    if len(shape) == 2:
+        return nn.Linear(shape[1], shape[0], device=device)
+    return nn.Conv2d(shape[1], shape[0], shape[2], padding=1, device=device)
+
+
+def make_input(shape, batch, device):
+    if len(shape) == 2:
+        return torch.randn(batch, shape[1], device=device, requires_grad=True)
+    return torch.randn(batch, shape[1], CONV_HW, CONV_HW, device=device, requires_grad=True)
+
+
+def step_seconds(module: nn.Module, x: torch.Tensor, device: torch.device) -> float:
+    """One forward + backward (weight, bias and input gradients), synchronised."""
+    for p in module.parameters():
+        p.grad = None
+    x.grad = None
+    sync(device)
+    t = time.perf_counter()
+    y = module(x)
+    y.backward(torch.ones_like(y))
+    sync(device)
+    return time.perf_counter() - t
+
+
+def measure(dense, compressed, x, device, repeats: int) -> tuple[float, float]:
+    """Medians of interleaved repeats (after one warm-up each): dense and compressed seconds."""
+    step_seconds(dense, x, device)
+    step_seconds(compressed, x, device)
+    d, c = [], []
+    for _ in range(repeats):
+        d.append(step_seconds(dense, x, device))
+        c.append(step_seconds(compressed, x, device))
+    return statistics.median(d), statistics.median(c)
+
+
+def resolve(structure: str, shape, ratio: float) -> StructureSpec | str:
+    try:
+        return bond_dim_for_ratio(StructureSpec(structure), shape, ratio)
+    except TNConfigError as err:
+        return str(err)
+
+
+def run(args) -> list[dict]:
+    device = torch.device(args.device)
+    rows = []
+    for layer in args.layers:
+        shape = LAYERS[layer]
+        dense = dense_module(shape, device)
+        for ratio in args.ratios:
+            for structure in args.structures:
+                spec = resolve(structure, shape, ratio)
+                base = {
+                    "layer": layer,
+                    "shape": list(shape),
+                    "structure": structure,
+                    "target_ratio": ratio,
+                    "device": device.type,
+                }
+                if isinstance(spec, str):
+                    rows.append({**base, "unreachable": True, "reason": spec})
+                    print(f"{layer} {structure} {ratio}x: unreachable", flush=True)
+                    continue
+                cls = GeneratedLinear if len(shape) == 2 else GeneratedConv2d
+                layer_mod = cls.from_module(dense, spec)
+                desc = layer_mod.generator.describe()
+                for batch in args.batches:
+                    x = make_input(shape, batch, device)
+                    t_dense, t_tn = measure(dense, layer_mod, x, device, args.repeats)
+                    schedule = getattr(layer_mod, "last_schedule", None) or "materialise"
+                    row = {
+                        **base,
+                        "bond_dim": desc["bond_dim"],
+                        "legs": desc["legs"],
+                        "dense_params": desc["dense_params"],
+                        "tn_params": desc["tn_params"],
+                        "ratio": round(desc["ratio"], 1),
+                        "flops": desc["flops"],
+                        "peak_bytes": desc["peak_bytes"],
+                        "passes": round(desc["passes"], 2),
+                        "schedule": schedule,
+                        "batch": batch,
+                        "dense_ms": round(1e3 * t_dense, 2),
+                        "tn_ms": round(1e3 * t_tn, 2),
+                        "step_vs_dense": round(t_tn / t_dense, 3),
+                    }
+                    rows.append(row)
+                    print(
+                        f"{layer} {structure} {ratio}x b={batch}: {row['ratio']}x, "
+                        f"{schedule}, step_vs_dense {row['step_vs_dense']}",
+                        flush=True,
+                    )
+                del layer_mod
+    return rows
+
+
+def to_markdown(rows: list[dict], meta: dict) -> str:
+    lines = [
+        "# Generator benchmark",
+        "",
+        "One training step (forward + backward, generator included) of a compressed layer over",
+        "one of the dense layer, medians of interleaved repeats measured in one run per device.",
+        f"Conv layers run on {CONV_HW}x{CONV_HW} maps. FLOPs: generator multiply-adds x 2 per",
+        "forward; peak: largest intermediate of generating W; passes: elements written / |W|.",
+        "",
+    ]
+    for dev, m in meta.items():
+        lines.append(
+            f"- **{dev}**: `{m['command']}` on {m['machine']}, torch {m['torch']}, {m['date']}"
+        )
+    batches = sorted({r["batch"] for r in rows if "batch" in r})
+    head = "| layer | target | structure | bond_dim | params | ratio | GFLOP | peak MiB | passes |"
+    head += "".join(f" sched@{b} | step/dense@{b} |" for b in batches)
+    for dev in sorted({r["device"] for r in rows}):
+        lines += ["", f"## {dev}", "", head, "|" + "---|" * (9 + 2 * len(batches))]
+        keyed: dict[tuple, dict] = {}
+        for r in rows:
+            if r["device"] != dev:
+                continue
+            key = (r["layer"], r["target_ratio"], r["structure"])
+            keyed.setdefault(key, {})[r.get("batch")] = r
+        for (layer, target, structure), by_batch in keyed.items():
+            r = next(iter(by_batch.values()))
+            if r.get("unreachable"):
+                lines.append(
+                    f"| {layer} | {target}x | {structure} | unreachable |"
+                    + " |" * (5 + 2 * len(batches))
+                )
+                continue
+            cells = [
+                layer,
+                f"{target}x",
+                structure,
+                str(r["bond_dim"]),
+                str(r["tn_params"]),
+                f"{r['ratio']:.0f}x",
+                f"{r['flops'] / 1e9:.2f}",
+                f"{r['peak_bytes'] / 2**20:.0f}",
+                f"{r['passes']:.1f}",
+            ]
+            for b in batches:
+                rb = by_batch.get(b)
+                cells += [rb["schedule"], f"{rb['step_vs_dense']:.2f}x"] if rb else ["", ""]
+            lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--layers", nargs="+", default=list(LAYERS), choices=list(LAYERS))
+    p.add_argument("--structures", nargs="+", default=STRUCTURES, choices=STRUCTURES)
+    p.add_argument("--ratios", nargs="+", type=float, default=RATIOS)
+    p.add_argument("--batches", nargs="+", type=int, default=[64, 256])
+    p.add_argument("--repeats", type=int, default=5)
+    p.add_argument("--out", type=Path, default=OUT)
+    p.add_argument("--append", action="store_true", help="keep this device's earlier rows too")
+    args = p.parse_args()
+    args.ratios = [int(r) if r == int(r) else r for r in args.ratios]
+    torch.manual_seed(0)
+    rows = run(args)
+
+    args.out.mkdir(parents=True, exist_ok=True)
+    json_path, md_path = args.out / "generators.json", args.out / "generators.md"
+    old = json.loads(json_path.read_text()) if json_path.exists() else {"meta": {}, "rows": []}
+    done = {(r["layer"], r["structure"], r["target_ratio"], r.get("batch")) for r in rows}
+    kept = [
+        r
+        for r in old["rows"]
+        if r["device"] != args.device.split(":")[0]
+        or (
+            args.append
+            and (r["layer"], r["structure"], r["target_ratio"], r.get("batch")) not in done
+        )
+    ]
+    meta = dict(old["meta"])
+    machine = platform.processor() or platform.machine()
+    if args.device.startswith("cuda"):
+        machine = torch.cuda.get_device_name(0)
+    meta[args.device.split(":")[0]] = {
+        "command": "python " + " ".join(["benchmarks/bench_generators.py", *sys.argv[1:]]),
+        "machine": f"{machine}, {torch.get_num_threads()} threads",
+        "torch": torch.__version__,
+        "date": time.strftime("%Y-%m-%d"),
+    }
+    all_rows = kept + rows
+    json_path.write_text(json.dumps({"meta": meta, "rows": all_rows}, indent=1) + "\n")
+    md_path.write_text(to_markdown(all_rows, meta))
+    print(f"wrote {json_path} and {md_path}")
+
+
+if __name__ == "__main__":
+    main()
