@@ -97,16 +97,19 @@ class Tensorization:
 
 
 def _distribute(items: Sequence[tuple[int, str]], n: int) -> list[list[int]]:
-    """Balanced split of prime ``items`` (size, 'o'|'i') into ``n`` legs [o, i].
+    """Balanced split of ``items`` (size, 'o'|'i'|'k') into ``n`` legs [o, i, holds_kernel].
 
-    Output factors are balanced among themselves first, then input factors go to the leg with the
-    smallest total dimension: every leg gets a share of both sides where the primes allow it.
+    Output factors are balanced among themselves first, then input factors (the kernel ``k`` among
+    them) go to the leg with the smallest total dimension: every leg gets a share of both sides
+    where the primes allow it.
     """
-    legs = [[1, 1] for _ in range(n)]
-    for side, slot in (("o", 0), ("i", 1)):
-        for size in sorted((s for s, t in items if t == side), reverse=True):
-            key = (lambda leg: leg[0]) if side == "o" else (lambda leg: leg[0] * leg[1])
-            min(legs, key=key)[slot] *= size
+    legs = [[1, 1, 0] for _ in range(n)]
+    for size in sorted((s for s, t in items if t == "o"), reverse=True):
+        min(legs, key=lambda leg: leg[0])[0] *= size
+    for size, side in sorted(((s, t) for s, t in items if t != "o"), reverse=True):
+        leg = min(legs, key=lambda leg: leg[0] * leg[1])
+        leg[1] *= size
+        leg[2] |= side == "k"
     return legs
 
 
@@ -207,19 +210,20 @@ def tensorize(
                 )
             items += [(p, "i") for p in prime_factors(kernel)]
         else:
-            items.append((kernel, "i"))
+            items.append((kernel, "k"))
     if not items:  # a 1x1 weight
         items = [(1, "o")]
 
     if max_leg_dim is not None:
-        legs = _pack(items, max_leg_dim)
+        legs = [[*leg, 0] for leg in _pack(items, max_leg_dim)]
     else:
         total = out_pad * chan_pad * kernel
         n = n_legs or round(math.log(max(total, 2)) / math.log(target_leg_dim))
         n = max(2, min(n, len(items))) if len(items) >= 2 else 1
         legs = _distribute(items, n)
     # Input-heavy legs first: the left half of a tree then holds most of I and the right half most
-    # of O, which keeps the contract schedule's intermediates small.
-    legs.sort(key=lambda leg: leg[0] / leg[1])
+    # of O, which keeps the contract schedule's intermediates small. The leg holding a conv kernel
+    # goes last, so the kernel is the least significant input digit and that leg indexes it.
+    legs.sort(key=lambda leg: (leg[2], leg[0] / leg[1]))
     in_padded = (chan_pad, kernel) if len(shape) == 4 else (chan_pad,)
-    return Tensorization(shape, in_sizes, out_pad, in_padded, tuple((o, i) for o, i in legs))
+    return Tensorization(shape, in_sizes, out_pad, in_padded, tuple((o, i) for o, i, _ in legs))

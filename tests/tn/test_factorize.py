@@ -23,10 +23,12 @@ def test_balanced_legs_for_vgg_fc6():
     assert not tz.is_padded
 
 
-def test_conv_kernel_is_one_factor():
-    tz = tensorize((512, 512, 3, 3))
-    assert 9 in [i for _, i in tz.legs] or any(i % 9 == 0 for _, i in tz.legs)
-    assert tz.in_padded == (512, 9)
+@pytest.mark.parametrize("shape", [(512, 512, 3, 3), (64, 48, 5, 5), (16, 8, 3, 3)])
+def test_conv_kernel_is_the_last_legs_least_significant_factor(shape):
+    tz = tensorize(shape)
+    kernel = shape[2] * shape[3]
+    assert tz.legs[-1][1] % kernel == 0
+    assert tz.in_padded == (shape[1], kernel)
 
 
 def test_capacity_mode_keeps_legs_small_and_pads_large_primes():
