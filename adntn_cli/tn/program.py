@@ -7,10 +7,10 @@ over named indices in one einsum and applies an elementwise activation to the re
 
 Structures emit one step per core-and-activation; ``Program`` first merges every step whose
 activation is the identity into its single consumer (a linear run becomes one einsum), then asks
-opt_einsum for each merged step's contraction path once (``contract_expression``) and keeps it.
-From the same compiled program come the forward pass, the parameter count, the multiply-adds, the
-largest intermediate and the passes over ``|W|``: the numbers a plan reports are the numbers the
-code runs.
+opt_einsum for each merged step's contraction path once (``contract_path``) and keeps the pairwise
+plan (run by executor.py). From the same compiled program come the forward pass, the parameter
+count, the multiply-adds, the largest intermediate and the passes over ``|W|``: the numbers a plan
+reports are the numbers the code runs.
 
 The final step produces the padded weight with the output indices first and the input indices
 after (``W[o_1..o_n, i_1..i_n]``). Where it is linear, the contract schedule reuses it with the

@@ -41,7 +41,12 @@ def bond_dim_for_ratio(
     """
     if target_ratio <= 0:
         raise TNConfigError(f"target_ratio must be positive, got {target_ratio}")
-    probe = TNGenerator(dataclasses.replace(spec, bond_dim=1), weight_shape, device="meta")
+    probe = TNGenerator(
+        dataclasses.replace(spec, bond_dim=1),
+        weight_shape,
+        device="meta",
+        memory_budget=memory_budget,
+    )
     allowed = probe.dense_params / target_ratio
 
     def fits(chi: int) -> bool:
