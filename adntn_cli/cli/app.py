@@ -1,0 +1,87 @@
+"""The Typer app, its global options, and the one place errors become exit codes."""
+
+from __future__ import annotations
+
+import functools
+import sys
+import traceback
+from collections.abc import Callable
+from typing import Annotated, Any, TypeVar
+
+import typer
+from rich.console import Console
+
+from .. import __version__
+
+app = typer.Typer(
+    name="adntn",
+    help="Compress PyTorch vision models with nonlinear tensor-network weight generators.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    rich_markup_mode="rich",
+)
+out = Console(width=None if sys.stdout.isatty() else 160)
+err = Console(stderr=True, width=None if sys.stderr.isatty() else 160)
+STATE = {"debug": False}
+F = TypeVar("F", bound=Callable[..., Any])
+
+USER_ERRORS = ("AdntnError", "TNConfigError")
+
+
+def _is_user_error(exc: BaseException) -> bool:
+    return any(c.__name__ in USER_ERRORS for c in type(exc).__mro__)
+
+
+def handle_errors(fn: F) -> F:
+    """Bad input: its message on stderr and exit 2; anything else: exit 1 (traceback: --debug)."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except typer.Exit:
+            raise
+        except Exception as exc:
+            if STATE["debug"]:
+                traceback.print_exc()
+            if _is_user_error(exc):
+                for line in str(exc).splitlines():
+                    err.print(f"[bold red]error:[/] {line}", highlight=False, markup=True)
+                raise typer.Exit(2) from None
+            err.print(
+                f"[bold red]internal error:[/] {type(exc).__name__}: {exc}"
+                + ("" if STATE["debug"] else " (rerun with --debug for the traceback)"),
+                highlight=False,
+            )
+            raise typer.Exit(1) from None
+
+    return wrapper  # type: ignore[return-value]
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"adntn {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def main_callback(
+    version: Annotated[
+        bool, typer.Option("--version", callback=_version, is_eager=True, help="Print the version.")
+    ] = False,
+    debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks for errors.")] = False,
+) -> None:
+    """adntn: tensor-network compression of vision models.
+
+    Start with [bold]adntn layers torchvision:vgg16[/], then [bold]adntn plan torchvision:vgg16
+    --recipe vgg16[/].
+    """
+    STATE["debug"] = debug
+
+
+def main() -> None:
+    from . import demo, layers, plan, schema  # noqa: F401  (registers the commands)
+
+    app(prog_name="adntn")
+    sys.exit(0)

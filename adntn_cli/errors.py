@@ -1,0 +1,29 @@
+"""adntn's error types. Each says what is wrong, where, and what would be valid.
+
+User errors (bad recipe, file, arguments) are ``AdntnError`` subclasses and ValueErrors; the CLI
+prints them in one or two lines and exits with code 2. Anything else is an internal failure (1).
+"""
+
+from __future__ import annotations
+
+__all__ = ["AdntnError", "DataError", "ModelError", "RecipeError", "SelectionError"]
+
+
+class AdntnError(ValueError):
+    """A problem with the user's input."""
+
+
+class RecipeError(AdntnError):
+    """A recipe that cannot be read or does not validate; the message names file and YAML path."""
+
+
+class SelectionError(RecipeError):
+    """A layer selector that matches nothing; the message lists the closest real names."""
+
+
+class ModelError(AdntnError):
+    """A model that cannot be built or loaded as asked."""
+
+
+class DataError(AdntnError):
+    """A data source that cannot be found or read."""

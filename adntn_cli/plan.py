@@ -1,0 +1,215 @@
+"""Resolving a recipe against a model: the per-layer plan, and applying it.
+
+``plan(model, recipe)`` is pure: it builds every generator on the meta device (no memory, no
+init) to report what would change. ``apply_plan(model, plan)`` builds all replacements first and
+swaps them in only when every one of them was built, so a bad layer leaves the model untouched.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+
+from .errors import RecipeError
+from .layers import GeneratedModule, from_module
+from .models import compressible_layers, set_submodule
+from .recipe import Candidate, Recipe, select_layers
+from .recipe.schema import StructureFields
+from .tn import StructureSpec, TNConfigError
+from .tn.search import bond_dim_for_ratio
+
+__all__ = ["LayerPlan", "Plan", "apply_plan", "compress_", "plan"]
+
+BASELINES = ("tt", "lowrank")
+SPEC_FIELDS = ("structure", "bond_dim", "activation", "output_activation", "n_legs", "options")
+
+
+@dataclass(frozen=True)
+class LayerPlan:
+    """One replaced layer: its name, generator spec and the plan's numbers (DESIGN.md §9 keys)."""
+
+    layer: str
+    kind: str
+    spec: StructureSpec
+    record: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class Plan:
+    layers: list[LayerPlan]
+    totals: dict[str, Any]
+    memory_budget: int | None = None
+    source: str = ""
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"layers": [lp.record for lp in self.layers], "totals": self.totals}
+
+
+def _merge(defaults: StructureFields, rule: StructureFields) -> dict[str, Any]:
+    out = defaults.model_dump(exclude_none=True)
+    explicit = rule.model_dump(exclude_none=True, exclude={"select", "exclude"})
+    if explicit.get("options") == {}:
+        explicit.pop("options")
+    if "bond_dim" in explicit:
+        out.pop("target_ratio", None)
+    if "target_ratio" in explicit:
+        out.pop("bond_dim", None)
+    out.update(explicit)
+    structure = out.setdefault("structure", "ttn")
+    if structure in BASELINES and "activation" not in explicit:
+        out.pop("activation", None)  # defaults' activation is for the ADNTN structures only
+    return out
+
+
+def _spec(fields: dict[str, Any]) -> tuple[StructureSpec, float | None]:
+    kwargs = {k: fields[k] for k in SPEC_FIELDS if k in fields}
+    for key in ("bond_dim", "activation"):
+        if isinstance(kwargs.get(key), list):
+            kwargs[key] = tuple(kwargs[key])
+    if "factors" in fields:
+        f = fields["factors"]
+        kwargs["factors"] = (tuple(f["out"]), tuple(f["in_"]))
+    if "bond_dim" not in fields and "target_ratio" not in fields:
+        kwargs["bond_dim"] = 8
+    return StructureSpec(**kwargs), fields.get("target_ratio")
+
+
+def _weights(module: nn.Module) -> list[torch.Tensor]:
+    if isinstance(module, nn.MultiheadAttention):
+        return [module.in_proj_weight, module.out_proj.weight]
+    return [module.weight]
+
+
+def _record(name: str, module: nn.Module, new: GeneratedModule, batch: int | None) -> dict:
+    gens = list(new.generators().values())
+    descs = [g.describe(batch) for g in gens]
+    first = descs[0]
+    record = {
+        "layer": name,
+        "kind": type(module).__name__,
+        "structure": first["structure"],
+        "shape": list(gens[0].weight_shape),
+        "legs": first["legs"],
+        "bond_dim": first["bond_dim"],
+        "dense_params": sum(d["dense_params"] for d in descs),
+        "tn_params": sum(d["tn_params"] for d in descs),
+        "flops": sum(d["flops"] for d in descs),
+        "peak_bytes": max(d["peak_bytes"] for d in descs),
+        "passes": first["passes"],
+        "schedule": first.get("schedule", "materialise"),
+    }
+    record["ratio"] = record["dense_params"] / record["tn_params"]
+    return record
+
+
+def plan(
+    model: nn.Module,
+    recipe: Recipe,
+    *,
+    source: str = "<recipe>",
+    memory_budget: int | None = None,
+    batch: int | None = None,
+) -> Plan:
+    """Resolve ``recipe`` on ``model`` (any device; meta is fastest) without changing it."""
+    if memory_budget is None and recipe.limits.memory_gb is not None:
+        memory_budget = int(recipe.limits.memory_gb * 2**30)
+    batch = batch or recipe.data.batch_size
+    layers = compressible_layers(model)
+    modules = dict(layers)
+    chosen = select_layers(
+        recipe.layers, [Candidate(n, type(m).__name__) for n, m in layers], source
+    )
+    out = []
+    for name, rule_index in chosen.items():
+        module = modules[name]
+        where = f"{source}: layers[{rule_index}] ({name})"
+        fields = _merge(recipe.defaults, recipe.layers[rule_index])
+        try:
+            spec, target = _spec(fields)
+            shape = tuple(_weights(module)[0].shape)
+            if target is not None:
+                spec = bond_dim_for_ratio(spec, shape, target, memory_budget=memory_budget)
+            new = from_module(_meta_twin(module), spec, memory_budget=memory_budget)
+        except TNConfigError as err:
+            raise RecipeError(f"{where}: {err}") from None
+        out.append(LayerPlan(name, type(module).__name__, spec, _record(name, module, new, batch)))
+    return Plan(out, _totals(model, out), memory_budget, source)
+
+
+def _meta_twin(module: nn.Module) -> nn.Module:
+    """A shape-only twin of ``module`` on the meta device (no copy of its weights)."""
+    if all(p.device.type == "meta" for p in module.parameters()):
+        return module
+    m, meta = module, torch.device("meta")
+    if isinstance(m, nn.MultiheadAttention):
+        return nn.MultiheadAttention(
+            m.embed_dim,
+            m.num_heads,
+            dropout=m.dropout,
+            bias=m.in_proj_bias is not None,
+            add_bias_kv=m.bias_k is not None,
+            add_zero_attn=m.add_zero_attn,
+            kdim=m.kdim,
+            vdim=m.vdim,
+            batch_first=m.batch_first,
+            device=meta,
+        )
+    if isinstance(m, nn.Conv2d):
+        return nn.Conv2d(
+            m.in_channels,
+            m.out_channels,
+            m.kernel_size,
+            m.stride,
+            m.padding,
+            m.dilation,
+            m.groups,
+            m.bias is not None,
+            m.padding_mode,
+            device=meta,
+        )
+    return nn.Linear(m.in_features, m.out_features, m.bias is not None, device=meta)
+
+
+def _totals(model: nn.Module, layers: list[LayerPlan]) -> dict[str, Any]:
+    dense = sum(p.numel() for p in model.parameters())
+    replaced_dense = sum(lp.record["dense_params"] for lp in layers)
+    replaced_tn = sum(lp.record["tn_params"] for lp in layers)
+    compressed = dense - replaced_dense + replaced_tn
+    return {
+        "dense_params": dense,
+        "compressed_params": compressed,
+        "ratio": dense / compressed if compressed else float("inf"),
+        "replaced_dense_params": replaced_dense,
+        "replaced_tn_params": replaced_tn,
+        "replaced_ratio": replaced_dense / replaced_tn if replaced_tn else float("inf"),
+        "layers": len(layers),
+    }
+
+
+def apply_plan(
+    model: nn.Module, plan_: Plan, *, generator: torch.Generator | None = None
+) -> nn.Module:
+    """Swap every planned layer for its generated twin, initialised from the dense weight's std."""
+    built = {}
+    for lp in plan_.layers:
+        module = model.get_submodule(lp.layer)
+        try:
+            built[lp.layer] = from_module(
+                module, lp.spec, memory_budget=plan_.memory_budget, generator=generator
+            )
+        except TNConfigError as err:
+            raise RecipeError(f"{plan_.source}: {lp.layer}: {err}") from None
+    for name, new in built.items():
+        set_submodule(model, name, new)
+    return model
+
+
+def compress_(model: nn.Module, recipe: Recipe, **kwargs: Any) -> Plan:
+    """Plan ``recipe`` on ``model`` and apply it in place; returns the plan."""
+    p = plan(model, recipe, **kwargs)
+    apply_plan(model, p)
+    return p

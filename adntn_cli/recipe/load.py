@@ -1,0 +1,117 @@
+"""Reading recipes: YAML at the edge, the schema inside, errors that name file and YAML path."""
+
+from __future__ import annotations
+
+import json
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, ValidationError
+
+from ..errors import RecipeError
+from .schema import Recipe
+
+__all__ = ["json_schema", "load_recipe", "parse_recipe", "shipped_recipes"]
+
+
+def shipped_recipes() -> dict[str, Path]:
+    """Recipes packaged with adntn, by name (``demo`` -> .../recipes/demo.yaml)."""
+    root = resources.files("adntn_cli") / "recipes"
+    return {Path(p.name).stem: Path(str(p)) for p in root.iterdir() if p.name.endswith(".yaml")}
+
+
+def _path(loc: tuple[Any, ...], model: type[BaseModel]) -> tuple[str, type[BaseModel] | None]:
+    """``('layers', 2, 'bond_dim')`` -> ``'layers[2].bond_dim'`` (union tags dropped) and the
+    schema class that holds the last key."""
+    out, parent, cls = "", None, model
+    for part in loc:
+        if isinstance(part, int):
+            out += f"[{part}]"
+            continue
+        fields = getattr(cls, "model_fields", {}) if cls else {}
+        by_alias = {f.alias or k: k for k, f in fields.items()}
+        if cls is not None and part not in by_alias:
+            if fields or not out:  # an unknown key of a schema class: keep it
+                out += f".{part}" if out else part
+                parent, cls = cls, None
+            continue  # a union or validator tag such as 'int' or 'list[int]'
+        out += f".{part}" if out else part
+        parent = cls
+        ann = fields[by_alias[part]].annotation if cls else None
+        cls = _schema_class(ann)
+    return out, parent
+
+
+def _schema_class(ann: Any) -> type[BaseModel] | None:
+    if isinstance(ann, type) and issubclass(ann, BaseModel):
+        return ann
+    for arg in getattr(ann, "__args__", ()) or ():
+        found = _schema_class(arg)
+        if found:
+            return found
+    return None
+
+
+def _describe(err: ValidationError, source: str) -> str:
+    lines: dict[str, list[str]] = {}
+    for e in err.errors():
+        path, parent = _path(tuple(e["loc"]), Recipe)
+        msg = e["msg"]
+        if e["type"] == "extra_forbidden":
+            valid = ", ".join(
+                f.alias or k for k, f in (parent.model_fields if parent else {}).items()
+            )
+            msg = f"unknown key; valid keys here: {valid}"
+        elif e["type"] == "missing":
+            msg = "required key is missing"
+        lines.setdefault(path or "(top level)", []).append(msg)
+    return "\n".join(f"{source}: {p}: {' or '.join(dict.fromkeys(m))}" for p, m in lines.items())
+
+
+def parse_recipe(data: Any, source: str = "<recipe>") -> Recipe:
+    """Validate already-parsed YAML data."""
+    if not isinstance(data, dict):
+        raise RecipeError(f"{source}: a recipe is a YAML mapping with version, model, layers, ...")
+    if "version" in data and data["version"] != 1:
+        raise RecipeError(
+            f"{source}: version: {data['version']!r} is not supported; this adntn reads version 1"
+        )
+    try:
+        return Recipe.model_validate(data)
+    except ValidationError as err:
+        raise RecipeError(_describe(err, source)) from None
+
+
+def load_recipe(path_or_name: str | Path) -> tuple[Recipe, str]:
+    """A recipe from a file, or a shipped one by name; returns it and its source label."""
+    path = Path(path_or_name)
+    if not path.exists():
+        shipped = shipped_recipes()
+        if str(path_or_name) in shipped:
+            path = shipped[str(path_or_name)]
+        else:
+            names = ", ".join(sorted(shipped))
+            raise RecipeError(
+                f"recipe {str(path_or_name)!r} is neither a file nor a shipped recipe ({names})"
+            )
+    source = str(path_or_name)
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        where = f" line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(err, "problem", None) or str(err).splitlines()[0]
+        raise RecipeError(f"{source}:{where}: not valid YAML: {problem}") from None
+    except (OSError, UnicodeDecodeError) as err:
+        raise RecipeError(f"{source}: cannot read the recipe: {err}") from None
+    return parse_recipe(data, source), source
+
+
+def json_schema() -> str:
+    """The recipe's JSON Schema, for editors (``adntn schema > recipe.schema.json``)."""
+    schema = Recipe.model_json_schema(by_alias=True)
+    schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
+    schema["title"] = "adntn recipe (version 1)"
+    return json.dumps(schema, indent=2)

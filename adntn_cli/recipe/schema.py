@@ -1,0 +1,158 @@
+"""The recipe schema (version 1): frozen, validated data; unknown keys are errors.
+
+Reading and checking a recipe imports pydantic and PyYAML only, never torch.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+__all__ = [
+    "ACTIVATION_NAMES",
+    "STRUCTURE_NAMES",
+    "Data",
+    "Distill",
+    "Factors",
+    "Finetune",
+    "LayerRule",
+    "Layerwise",
+    "Limits",
+    "ModelSpec",
+    "Recipe",
+    "StructureFields",
+]
+
+# The registries' names, kept here so that validating a recipe needs no torch (a test checks that
+# they equal adntn_cli.tn's registries).
+STRUCTURE_NAMES = ("ttn", "augttn", "mera", "tt", "lowrank")
+ACTIVATION_NAMES = (
+    "identity",
+    "tanh",
+    "relu",
+    "gelu",
+    "silu",
+    "sigmoid",
+    "elu",
+    "leaky_relu",
+    "softplus",
+)
+
+Structure = Literal["ttn", "augttn", "mera", "tt", "lowrank"]
+Activation = Literal[
+    "identity", "tanh", "relu", "gelu", "silu", "sigmoid", "elu", "leaky_relu", "softplus"
+]
+PositiveInt = Annotated[int, Field(ge=1)]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Factors(_Strict):
+    """Explicit physical legs: output factors and input factors (conv: of C * kh * kw)."""
+
+    out: list[PositiveInt] = Field(min_length=1)
+    in_: list[PositiveInt] = Field(alias="in", min_length=1)
+
+
+class StructureFields(_Strict):
+    """What a layer's generator is: shared by ``defaults`` and each ``layers`` entry."""
+
+    structure: Structure | None = None
+    bond_dim: PositiveInt | list[PositiveInt] | None = Field(
+        default=None, description="one bond dimension, or one per level (coarse to fine)"
+    )
+    target_ratio: float | None = Field(
+        default=None, gt=1, description="x fewer parameters; the plan picks bond_dim"
+    )
+    activation: Activation | list[Activation] | None = None
+    output_activation: Activation | None = None
+    factors: Factors | None = None
+    n_legs: int | None = Field(default=None, ge=2)
+    options: dict[str, Any] = Field(default_factory=dict)
+
+    @field_validator("bond_dim", "activation")
+    @classmethod
+    def _non_empty(cls, v: Any) -> Any:
+        if isinstance(v, list) and not v:
+            raise ValueError("give one value or a non-empty list (one per level, coarse to fine)")
+        return v
+
+    @model_validator(mode="after")
+    def _one_size(self) -> StructureFields:
+        if self.bond_dim is not None and self.target_ratio is not None:
+            raise ValueError("give bond_dim or target_ratio, not both")
+        return self
+
+
+class LayerRule(StructureFields):
+    """Which layers (``select``, minus ``exclude``) get which generator."""
+
+    select: str | list[str]
+    exclude: list[str] = Field(default_factory=list)
+
+    @field_validator("select")
+    @classmethod
+    def _selectors(cls, v: str | list[str]) -> str | list[str]:
+        items = [v] if isinstance(v, str) else v
+        if not items or any(not s.strip() for s in items):
+            raise ValueError("select needs at least one non-empty selector")
+        return v
+
+    @property
+    def selectors(self) -> list[str]:
+        return [self.select] if isinstance(self.select, str) else list(self.select)
+
+
+class ModelSpec(_Strict):
+    arch: str | None = Field(default=None, description="a torchvision architecture, e.g. vgg16")
+    num_classes: PositiveInt = 1000
+    input_size: PositiveInt = Field(default=224, description="input height and width")
+
+
+class Limits(_Strict):
+    memory_gb: float | None = Field(default=None, gt=0, description="memory budget for plans")
+
+
+class Layerwise(_Strict):
+    steps: int = Field(default=200, ge=0)
+    lr: float = Field(default=1e-2, gt=0)
+    batches: PositiveInt = Field(default=8, description="calibration batches")
+
+
+class Finetune(_Strict):
+    epochs: float = Field(default=1, ge=0)
+    lr: float = Field(default=1e-3, gt=0)
+    weight_decay: float = Field(default=0.0, ge=0)
+    temperature: float = Field(default=4.0, gt=0)
+    kd_weight: float = Field(default=0.9, ge=0, le=1)
+    warmup: float = Field(default=0.05, ge=0, lt=1, description="fraction of steps")
+    clip: float | None = Field(default=1.0, gt=0)
+    eval_every: PositiveInt | None = None
+    checkpoint_every: PositiveInt = 200
+
+
+class Distill(_Strict):
+    layerwise: Layerwise = Field(default_factory=Layerwise)
+    finetune: Finetune = Field(default_factory=Finetune)
+
+
+class Data(_Strict):
+    train: str | None = None
+    val: str | None = None
+    batch_size: PositiveInt = 64
+    workers: int = Field(default=0, ge=0)
+
+
+class Recipe(_Strict):
+    """A compression recipe (see docs/recipes.md)."""
+
+    version: Literal[1]
+    model: ModelSpec = Field(default_factory=ModelSpec)
+    defaults: StructureFields = Field(default_factory=StructureFields)
+    layers: list[LayerRule] = Field(min_length=1)
+    limits: Limits = Field(default_factory=Limits)
+    distill: Distill = Field(default_factory=Distill)
+    data: Data = Field(default_factory=Data)
