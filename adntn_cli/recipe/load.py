@@ -30,17 +30,13 @@ def _path(loc: tuple[Any, ...], model: type[BaseModel]) -> tuple[str, type[BaseM
         if isinstance(part, int):
             out += f"[{part}]"
             continue
-        fields = getattr(cls, "model_fields", {}) if cls else {}
+        if cls is None:  # a union or validator tag ('int', 'list[int]') below a leaf field
+            continue
+        fields = cls.model_fields
         by_alias = {f.alias or k: k for k, f in fields.items()}
-        if cls is not None and part not in by_alias:
-            if fields or not out:  # an unknown key of a schema class: keep it
-                out += f".{part}" if out else part
-                parent, cls = cls, None
-            continue  # a union or validator tag such as 'int' or 'list[int]'
         out += f".{part}" if out else part
         parent = cls
-        ann = fields[by_alias[part]].annotation if cls else None
-        cls = _schema_class(ann)
+        cls = _schema_class(fields[by_alias[part]].annotation) if part in by_alias else None
     return out, parent
 
 

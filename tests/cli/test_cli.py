@@ -1,0 +1,124 @@
+"""Every command end to end through Typer's CliRunner; bad input exits with code 2."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from adntn_cli.cli import demo, layers, plan, schema  # noqa: F401  (registers the commands)
+from adntn_cli.cli.app import app
+
+runner = CliRunner()
+
+
+def run(*args):
+    return runner.invoke(app, list(args))
+
+
+def test_help_and_version():
+    assert run("--help").exit_code == 0
+    result = run("--version")
+    assert result.exit_code == 0 and "adntn" in result.output
+
+
+def test_help_does_not_import_torch():
+    code = (
+        "import sys; sys.argv = ['adntn', '--help']\n"
+        "from adntn_cli.cli import main\n"
+        "try:\n    main()\nexcept SystemExit:\n    pass\n"
+        "assert 'torch' not in sys.modules, 'torch imported'\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True, capture_output=True)
+
+
+def test_layers_lists_vgg16():
+    result = run("layers", "torchvision:vgg16", "--json")
+    assert result.exit_code == 0, result.output
+    rows = json.loads(result.output)["layers"]
+    assert rows[-3] == {
+        "layer": "classifier.0",
+        "kind": "Linear",
+        "shape": [4096, 25088],
+        "params": 4096 * 25088 + 4096,
+    }
+
+
+def test_layers_template_is_a_valid_recipe(tmp_path):
+    result = run("layers", "torchvision:alexnet", "--template")
+    assert result.exit_code == 0
+    path = tmp_path / "t.yaml"
+    path.write_text(result.output)
+    planned = run("plan", "torchvision:alexnet", "--recipe", str(path), "--json")
+    assert planned.exit_code == 0, planned.output
+    assert {r["layer"] for r in json.loads(planned.output)["layers"]} >= {"classifier.1"}
+
+
+def test_plan_json_for_vgg16():
+    result = run("plan", "torchvision:vgg16", "--recipe", "vgg16", "--json")
+    assert result.exit_code == 0, result.output
+    data = json.loads(result.output)
+    for rec in data["layers"]:
+        assert {
+            "layer",
+            "structure",
+            "dense_params",
+            "tn_params",
+            "ratio",
+            "flops",
+            "peak_bytes",
+            "schedule",
+        } <= set(rec)
+    assert data["totals"]["replaced_ratio"] > 2000
+
+
+def test_plan_table(tmp_path):
+    result = run("plan", "torchvision:vgg16", "--recipe", "vgg16")
+    assert result.exit_code == 0
+    assert "classifier.0" in result.output and "x fewer" in result.output
+
+
+def test_plan_on_a_state_dict_file_uses_the_recipe_arch(tmp_path):
+    from adntn_cli.models import build_model
+
+    path = tmp_path / "m.pt"
+    torch.save(build_model("demo_vgg", 10).state_dict(), path)
+    result = run("plan", str(path), "--recipe", "demo", "--json")
+    assert result.exit_code == 0, result.output
+
+
+def test_schema_prints_json():
+    result = run("schema")
+    assert result.exit_code == 0
+    assert json.loads(result.output)["title"].startswith("adntn recipe")
+
+
+@pytest.mark.parametrize(
+    "args,message",
+    [
+        (("plan", "torchvision:vgg16", "--recipe", "nope"), "neither a file nor a shipped recipe"),
+        (("plan", "torchvision:vgg99", "--recipe", "vgg16"), "unknown architecture 'vgg99'"),
+        (("plan", "missing.pt", "--recipe", "vgg16"), "neither a file nor torchvision:NAME"),
+        (("layers", "torchvision:resnet18", "--template", "--arch"), "requires an argument"),
+    ],
+)
+def test_bad_input_exits_2_with_a_message(args, message):
+    result = run(*args)
+    assert result.exit_code == 2
+    assert message in result.output
+    assert "Traceback" not in result.output
+
+
+def test_bad_recipe_content_exits_2(tmp_path):
+    path = tmp_path / "r.yaml"
+    path.write_text("version: 1\nlayers:\n  - select: classifier.9\n    bond_dim: 4\n")
+    result = run("plan", "torchvision:vgg16", "--recipe", str(path))
+    assert result.exit_code == 2
+    assert "layers[0].select" in result.output and "closest layers" in result.output
+
+
+def test_console_script_runs():
+    exe = [sys.executable, "-m", "adntn_cli.cli", "--version"]
+    assert subprocess.run(exe, capture_output=True, text=True).stdout.startswith("adntn")
