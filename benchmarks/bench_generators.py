@@ -91,9 +91,10 @@ def resolve(structure: str, shape, ratio: float) -> StructureSpec | str:
         return str(err)
 
 
-def run(args) -> list[dict]:
+def run(args, save) -> list[dict]:
+    """Measure the grid; ``save(rows)`` is called after every row, so a stopped run keeps them."""
     device = torch.device(args.device)
-    rows = []
+    rows: list[dict] = []
     for layer in args.layers:
         shape = LAYERS[layer]
         dense = dense_module(shape, device)
@@ -109,6 +110,7 @@ def run(args) -> list[dict]:
                 }
                 if isinstance(spec, str):
                     rows.append({**base, "unreachable": True, "reason": spec})
+                    save(rows)
                     print(f"{layer} {structure} {ratio}x: unreachable", flush=True)
                     continue
                 cls = GeneratedLinear if len(shape) == 2 else GeneratedConv2d
@@ -135,6 +137,7 @@ def run(args) -> list[dict]:
                         "step_vs_dense": round(t_tn / t_dense, 3),
                     }
                     rows.append(row)
+                    save(rows)
                     print(
                         f"{layer} {structure} {ratio}x b={batch}: {row['ratio']}x, "
                         f"{schedule}, step_vs_dense {row['step_vs_dense']}",
@@ -204,38 +207,41 @@ def main() -> None:
     p.add_argument("--batches", nargs="+", type=int, default=[64, 256])
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--out", type=Path, default=OUT)
-    p.add_argument("--append", action="store_true", help="keep this device's earlier rows too")
+    p.add_argument(
+        "--append", action="store_true", help="keep this device's earlier rows (shard a grid)"
+    )
     args = p.parse_args()
     args.ratios = [int(r) if r == int(r) else r for r in args.ratios]
     torch.manual_seed(0)
-    rows = run(args)
-
     args.out.mkdir(parents=True, exist_ok=True)
     json_path, md_path = args.out / "generators.json", args.out / "generators.md"
     old = json.loads(json_path.read_text()) if json_path.exists() else {"meta": {}, "rows": []}
-    done = {(r["layer"], r["structure"], r["target_ratio"], r.get("batch")) for r in rows}
-    kept = [
-        r
-        for r in old["rows"]
-        if r["device"] != args.device.split(":")[0]
-        or (
-            args.append
-            and (r["layer"], r["structure"], r["target_ratio"], r.get("batch")) not in done
-        )
-    ]
-    meta = dict(old["meta"])
+    dev = args.device.split(":")[0]
     machine = platform.processor() or platform.machine()
-    if args.device.startswith("cuda"):
+    if dev == "cuda":
         machine = torch.cuda.get_device_name(0)
-    meta[args.device.split(":")[0]] = {
-        "command": "python " + " ".join(["benchmarks/bench_generators.py", *sys.argv[1:]]),
+    meta = dict(old["meta"])
+    command = "python " + " ".join(["benchmarks/bench_generators.py", *sys.argv[1:]])
+    if args.append and dev in meta:  # a shard of a grid: keep every command that made it
+        command = f"{meta[dev]['command']}` + `{command}"
+    meta[dev] = {
+        "command": command,
         "machine": f"{machine}, {torch.get_num_threads()} threads",
         "torch": torch.__version__,
         "date": time.strftime("%Y-%m-%d"),
     }
-    all_rows = kept + rows
-    json_path.write_text(json.dumps({"meta": meta, "rows": all_rows}, indent=1) + "\n")
-    md_path.write_text(to_markdown(all_rows, meta))
+
+    def key(r: dict) -> tuple:
+        return (r["layer"], r["structure"], r["target_ratio"], r.get("batch"), r["device"])
+
+    def save(rows: list[dict]) -> None:
+        new = {key(r) for r in rows}
+        kept = [r for r in old["rows"] if (args.append or r["device"] != dev) and key(r) not in new]
+        every = kept + rows
+        json_path.write_text(json.dumps({"meta": meta, "rows": every}, indent=1) + "\n")
+        md_path.write_text(to_markdown(every, meta))
+
+    run(args, save)
     print(f"wrote {json_path} and {md_path}")
 
 
