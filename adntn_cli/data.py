@@ -1,0 +1,179 @@
+"""Data sources for distillation and evaluation; nothing is fetched from the network.
+
+SPEC strings (``--data`` or the recipe's ``data.train``):
+
+- ``digits``: scikit-learn's bundled 8x8 digits (1,797 images, 10 classes), upsampled to the
+  model's input size and repeated to 3 channels. Split: a fixed permutation (seed 0) puts 20% (359
+  images) in validation, the rest in training, whatever ``--seed`` says.
+- ``synthetic[:N]``: ``N`` (default 256) random images with random labels, for smoke tests and
+  timing; 25% validation.
+- ``imagefolder:PATH``: ``PATH/train`` and ``PATH/val`` in ImageNet layout (one folder per
+  class), ImageNet transforms (random resized crop and flip for training; resize and centre crop for
+  validation).
+- ``cifar10:PATH`` / ``cifar100:PATH``: a local copy of the python-version batches
+  (``download=False``); the official train and test splits.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch.utils.data import DataLoader, Dataset, TensorDataset
+
+from .errors import DataError
+
+__all__ = ["DataSpec", "Datasets", "loaders", "make_datasets", "parse_data_spec"]
+
+IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+VALID = "digits, synthetic[:N], imagefolder:PATH, cifar10:PATH or cifar100:PATH"
+SPLIT_SEED = 0
+
+
+@dataclass(frozen=True)
+class DataSpec:
+    kind: str
+    path: Path | None = None
+    size: int | None = None
+
+
+@dataclass
+class Datasets:
+    train: Dataset
+    val: Dataset
+    num_classes: int
+    description: str
+
+
+def parse_data_spec(spec: str) -> DataSpec:
+    """``'cifar10:/data/c10'`` -> ``DataSpec('cifar10', Path('/data/c10'))``."""
+    if spec == "digits":
+        return DataSpec("digits")
+    m = re.fullmatch(r"synthetic(?::(\d+))?", spec)
+    if m:
+        n = int(m.group(1) or 256)
+        if n < 4:
+            raise DataError(f"data {spec!r}: synthetic needs at least 4 images")
+        return DataSpec("synthetic", size=n)
+    kind, sep, path = spec.partition(":")
+    if kind in ("imagefolder", "cifar10", "cifar100") and sep and path:
+        return DataSpec(kind, Path(path).expanduser())
+    raise DataError(f"data {spec!r} is not a data source; valid: {VALID}")
+
+
+def _resize(x: torch.Tensor, size: int) -> torch.Tensor:
+    if x.shape[-1] == size:
+        return x
+    return F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False)
+
+
+def _digits(size: int) -> Datasets:
+    from sklearn.datasets import load_digits
+
+    d = load_digits()
+    x = torch.tensor(d.images, dtype=torch.float32).unsqueeze(1) / 16.0  # (1797, 1, 8, 8)
+    x = _resize(x, size).repeat(1, 3, 1, 1)
+    x = (x - x.mean()) / x.std()
+    y = torch.tensor(d.target, dtype=torch.long)
+    perm = torch.randperm(len(y), generator=torch.Generator().manual_seed(SPLIT_SEED))
+    n_val = round(0.2 * len(y))
+    val, train = perm[:n_val], perm[n_val:]
+    return Datasets(
+        TensorDataset(x[train], y[train]),
+        TensorDataset(x[val], y[val]),
+        10,
+        f"digits: {len(train)} train / {n_val} val images, {size}x{size}",
+    )
+
+
+def _synthetic(n: int, size: int, num_classes: int) -> Datasets:
+    g = torch.Generator().manual_seed(SPLIT_SEED)
+    x = torch.randn(n, 3, size, size, generator=g)
+    y = torch.randint(0, num_classes, (n,), generator=g)
+    n_val = max(1, n // 4)
+    return Datasets(
+        TensorDataset(x[n_val:], y[n_val:]),
+        TensorDataset(x[:n_val], y[:n_val]),
+        num_classes,
+        f"synthetic: {n - n_val} train / {n_val} val random images, {size}x{size}",
+    )
+
+
+def _imagefolder(path: Path, size: int) -> Datasets:
+    from torchvision import datasets, transforms
+
+    for split in ("train", "val"):
+        if not (path / split).is_dir():
+            raise DataError(
+                f"imagefolder:{path}: no {split}/ folder (expected {split}/CLASS/*.jpg)"
+            )
+    norm = transforms.Normalize(IMAGENET_MEAN, IMAGENET_STD)
+    train_tf = transforms.Compose(
+        [transforms.RandomResizedCrop(size), transforms.RandomHorizontalFlip(),
+         transforms.ToTensor(), norm]
+    )  # fmt: skip
+    val_tf = transforms.Compose(
+        [transforms.Resize(round(size * 256 / 224)), transforms.CenterCrop(size),
+         transforms.ToTensor(), norm]
+    )  # fmt: skip
+    try:
+        train = datasets.ImageFolder(str(path / "train"), transform=train_tf)
+        val = datasets.ImageFolder(str(path / "val"), transform=val_tf)
+    except (FileNotFoundError, RuntimeError) as err:
+        raise DataError(f"imagefolder:{path}: {err}") from None
+    if train.classes != val.classes:
+        raise DataError(f"imagefolder:{path}: train/ and val/ have different class folders")
+    n = len(train.classes)
+    desc = f"imagefolder {path}: {len(train)} train / {len(val)} val images, {n} classes"
+    return Datasets(train, val, n, desc)
+
+
+def _cifar(kind: str, path: Path, size: int) -> Datasets:
+    from torchvision import datasets, transforms
+
+    cls = datasets.CIFAR10 if kind == "cifar10" else datasets.CIFAR100
+    steps = [transforms.ToTensor(), transforms.Normalize((0.5, 0.5, 0.5), (0.25, 0.25, 0.25))]
+    if size != 32:
+        steps.insert(0, transforms.Resize(size))
+    tf = transforms.Compose(steps)
+    try:
+        train = cls(str(path), train=True, transform=tf, download=False)
+        val = cls(str(path), train=False, transform=tf, download=False)
+    except RuntimeError:
+        folder = "cifar-10-batches-py" if kind == "cifar10" else "cifar-100-python"
+        raise DataError(
+            f"{kind}:{path}: no dataset there (adntn never downloads: put {folder}/ in {path})"
+        ) from None
+    n = 10 if kind == "cifar10" else 100
+    return Datasets(train, val, n, f"{kind} {path}: {len(train)} train / {len(val)} val images")
+
+
+def make_datasets(spec: str | DataSpec, image_size: int, num_classes: int = 10) -> Datasets:
+    """Training and validation sets for ``spec`` at ``image_size`` (see the module docstring)."""
+    s = parse_data_spec(spec) if isinstance(spec, str) else spec
+    if s.kind == "digits":
+        return _digits(image_size)
+    if s.kind == "synthetic":
+        return _synthetic(s.size or 256, image_size, num_classes)
+    if s.kind == "imagefolder":
+        return _imagefolder(s.path, image_size)
+    return _cifar(s.kind, s.path, image_size)
+
+
+def loaders(
+    data: Datasets,
+    batch_size: int,
+    *,
+    workers: int = 0,
+    seed: int = 0,
+    pin_memory: bool = False,
+) -> tuple[DataLoader, DataLoader]:
+    """Shuffled (seeded) training batches and in-order validation batches."""
+    g = torch.Generator().manual_seed(seed)
+    common = {"num_workers": workers, "pin_memory": pin_memory, "persistent_workers": workers > 0}
+    train = DataLoader(data.train, batch_size, shuffle=True, generator=g, drop_last=False, **common)
+    val = DataLoader(data.val, batch_size, shuffle=False, **common)
+    return train, val

@@ -1,0 +1,61 @@
+"""Data sources: the bundled digits, synthetic data, local image folders, refusals."""
+
+import pytest
+import torch
+
+from adntn_cli.data import loaders, make_datasets, parse_data_spec
+from adntn_cli.errors import DataError
+
+
+def test_digits_split_is_deterministic_and_shaped_for_the_model():
+    a = make_datasets("digits", image_size=32)
+    b = make_datasets("digits", image_size=32)
+    assert len(a.train) == 1438 and len(a.val) == 359 and a.num_classes == 10
+    x, y = a.val[0]
+    assert x.shape == (3, 32, 32) and 0 <= int(y) < 10
+    torch.testing.assert_close(a.val.tensors[0], b.val.tensors[0])
+    assert set(a.val.tensors[1].tolist()) == set(range(10))
+
+
+def test_synthetic_and_loaders():
+    d = make_datasets("synthetic:40", image_size=16, num_classes=7)
+    assert len(d.train) + len(d.val) == 40
+    train, _ = loaders(d, batch_size=8, seed=3)
+    xb, yb = next(iter(train))
+    assert xb.shape == (8, 3, 16, 16) and int(yb.max()) < 7
+    again, _ = loaders(d, batch_size=8, seed=3)
+    torch.testing.assert_close(next(iter(again))[0], xb)
+
+
+def test_imagefolder(tmp_path):
+    from PIL import Image
+
+    for split in ("train", "val"):
+        for cls in ("cat", "dog"):
+            folder = tmp_path / split / cls
+            folder.mkdir(parents=True)
+            for k in range(2):
+                Image.new("RGB", (40, 30), (k * 60, 100, 200)).save(folder / f"{k}.png")
+    d = make_datasets(f"imagefolder:{tmp_path}", image_size=24)
+    assert d.num_classes == 2 and len(d.train) == 4
+    assert d.val[0][0].shape == (3, 24, 24)
+
+
+@pytest.mark.parametrize(
+    "spec,message",
+    [
+        ("mnist", "not a data source; valid: digits"),
+        ("imagefolder:", "not a data source"),
+        ("synthetic:2", "at least 4"),
+    ],
+)
+def test_bad_specs(spec, message):
+    with pytest.raises(DataError, match=message):
+        parse_data_spec(spec)
+
+
+def test_missing_local_copies_are_refused_not_downloaded(tmp_path):
+    with pytest.raises(DataError, match="never downloads"):
+        make_datasets(f"cifar10:{tmp_path}", image_size=32)
+    with pytest.raises(DataError, match="no train/ folder"):
+        make_datasets(f"imagefolder:{tmp_path}", image_size=32)
