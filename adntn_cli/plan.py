@@ -59,9 +59,14 @@ def _merge(defaults: StructureFields, rule: StructureFields) -> dict[str, Any]:
     if "target_ratio" in explicit:
         out.pop("bond_dim", None)
     out.update(explicit)
+    default_structure = out.get("structure", "ttn")
     structure = out.setdefault("structure", "ttn")
-    if structure in BASELINES and "activation" not in explicit:
-        out.pop("activation", None)  # defaults' activation is for the ADNTN structures only
+    if structure in BASELINES:  # defaults' activations are for the ADNTN structures only
+        for key in ("activation", "output_activation"):
+            if key not in explicit:
+                out.pop(key, None)
+    if "options" not in explicit and structure != default_structure:
+        out.pop("options", None)  # options are structure-specific
     return out
 
 

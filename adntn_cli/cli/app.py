@@ -47,7 +47,7 @@ def handle_errors(fn: F) -> F:
                 traceback.print_exc()
             if _is_user_error(exc):
                 for line in str(exc).splitlines():
-                    err.print(f"[bold red]error:[/] {line}", highlight=False, markup=True)
+                    err.print(f"[bold red]error:[/] {line}", highlight=False, soft_wrap=True)
                 raise typer.Exit(2) from None
             err.print(
                 f"[bold red]internal error:[/] {type(exc).__name__}: {exc}"

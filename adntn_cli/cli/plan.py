@@ -40,10 +40,11 @@ def plan(
     arch: Arch = None,
     num_classes: NumClasses = None,
     memory_gb: Annotated[
-        float | None, typer.Option("--memory-gb", help="Memory budget (default: limits.memory_gb).")
+        float | None,
+        typer.Option("--memory-gb", min=0.001, help="Memory budget (default: limits.memory_gb)."),
     ] = None,
     batch: Annotated[
-        int | None, typer.Option("--batch", help="Batch size for the schedule choice.")
+        int | None, typer.Option("--batch", min=1, help="Batch size for the schedule choice.")
     ] = None,
     json_: Json = False,
 ) -> None:

@@ -54,7 +54,7 @@ def _describe(err: ValidationError, source: str) -> str:
     lines: dict[str, list[str]] = {}
     for e in err.errors():
         path, parent = _path(tuple(e["loc"]), Recipe)
-        msg = e["msg"]
+        msg = e["msg"].removeprefix("Value error, ")
         if e["type"] == "extra_forbidden":
             valid = ", ".join(
                 f.alias or k for k, f in (parent.model_fields if parent else {}).items()
@@ -63,7 +63,13 @@ def _describe(err: ValidationError, source: str) -> str:
         elif e["type"] == "missing":
             msg = "required key is missing"
         lines.setdefault(path or "(top level)", []).append(msg)
-    return "\n".join(f"{source}: {p}: {' or '.join(dict.fromkeys(m))}" for p, m in lines.items())
+
+    def join(msgs: list[str]) -> str:
+        # For an int-or-list key, "should be a valid list" is noise next to the real complaint.
+        specific = [m for m in msgs if not m.startswith("Input should be a valid ")]
+        return " or ".join(dict.fromkeys(specific or msgs))
+
+    return "\n".join(f"{source}: {p}: {join(m)}" for p, m in lines.items())
 
 
 def parse_recipe(data: Any, source: str = "<recipe>") -> Recipe:

@@ -71,7 +71,8 @@ class AugTTN(TreeMixin, Structure):
 
     def max_leg_dim(self, spec: StructureSpec) -> int | None:
         default = 4 if self.form(spec) == "full" else 16
-        return self.option(spec, "leg_dim") or default
+        leg_dim = self.option(spec, "leg_dim")
+        return default if leg_dim is None else leg_dim
 
     def build(self, tz: Tensorization, spec: StructureSpec) -> Network:
         form = self.form(spec)
