@@ -6,7 +6,15 @@ prints them in one or two lines and exits with code 2. Anything else is an inter
 
 from __future__ import annotations
 
-__all__ = ["AdntnError", "DataError", "ModelError", "RecipeError", "SelectionError"]
+__all__ = [
+    "AdntnError",
+    "DataError",
+    "ModelError",
+    "RecipeError",
+    "RunDirError",
+    "SelectionError",
+    "TrainingDivergedError",
+]
 
 
 class AdntnError(ValueError):
@@ -27,3 +35,11 @@ class ModelError(AdntnError):
 
 class DataError(AdntnError):
     """A data source that cannot be found or read."""
+
+
+class RunDirError(AdntnError):
+    """An output directory that exists and is not empty, without --resume or --force."""
+
+
+class TrainingDivergedError(AdntnError):
+    """A NaN or inf loss; the last good checkpoint is kept and named in the message."""

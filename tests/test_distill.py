@@ -1,0 +1,98 @@
+"""Distillation: layer-wise fitting, the KD loss, BatchNorm recalibration, exact resume."""
+
+import copy
+
+import pytest
+import torch
+from torch import nn
+
+from adntn_cli.data import Datasets, loaders
+from adntn_cli.distill import finetune, kd_loss, layerwise_fit, recalibrate_batchnorm
+from adntn_cli.errors import TrainingDivergedError
+from adntn_cli.layers import GeneratedLinear
+from adntn_cli.recipe.schema import Finetune
+from adntn_cli.tn import StructureSpec
+
+SPEC = StructureSpec("ttn", bond_dim=4, activation="tanh")
+
+
+def test_layerwise_fit_lowers_the_output_error_tenfold():
+    torch.manual_seed(0)
+    # A teacher layer the structure can represent: a generated weight plus small noise.
+    source = GeneratedLinear(96, 64, SPEC)
+    teacher = nn.Sequential(nn.Linear(96, 64))
+    with torch.no_grad():
+        w = source.generator()
+        teacher[0].weight.copy_(w + 0.01 * w.std() * torch.randn_like(w))
+    student = copy.deepcopy(teacher)
+    student[0] = GeneratedLinear.from_module(teacher[0], SPEC)
+    batches = [torch.randn(64, 96) for _ in range(4)]
+    errors = layerwise_fit(teacher, student, ["0"], batches, steps=600, lr=2e-2)
+    assert errors["0"]["final"] < errors["0"]["initial"] / 10
+
+
+def test_kd_loss_is_zero_for_identical_logits_and_scales_with_t_squared():
+    logits = torch.randn(8, 10)
+    assert float(kd_loss(logits, logits, None, 4.0, 1.0)) == pytest.approx(0.0, abs=1e-6)
+    other = torch.randn(8, 10)
+    a = kd_loss(other, logits, None, 1.0, 1.0)
+    b = kd_loss(other * 2, logits * 2, None, 2.0, 1.0)
+    assert float(b) == pytest.approx(4 * float(a), rel=1e-5)
+
+
+def test_batchnorm_recalibration():
+    model = nn.Sequential(nn.Linear(4, 4), nn.BatchNorm1d(4))
+    x = 3 + 2 * torch.randn(256, 4)
+    assert recalibrate_batchnorm(model, [x[:128], x[128:]])
+    expected = model[0](x).mean(0).detach()
+    torch.testing.assert_close(model[1].running_mean, expected, rtol=1e-4, atol=1e-4)
+    assert not recalibrate_batchnorm(nn.Linear(2, 2), [x])
+
+
+def _setup(seed=0):
+    torch.manual_seed(seed)
+    teacher = nn.Sequential(nn.Linear(12, 32), nn.ReLU(), nn.Dropout(0.2), nn.Linear(32, 3))
+    student = copy.deepcopy(teacher)
+    student[0] = GeneratedLinear.from_module(teacher[0], SPEC)
+    g = torch.Generator().manual_seed(1)
+    x, y = torch.randn(72, 12, generator=g), torch.randint(0, 3, (72,), generator=g)
+    data = Datasets(
+        torch.utils.data.TensorDataset(x[:60], y[:60]),
+        torch.utils.data.TensorDataset(x[60:], y[60:]),
+        3,
+        "toy",
+    )
+    train, val = loaders(data, batch_size=8, seed=5)
+    return teacher, student, train, val
+
+
+CFG = Finetune(epochs=2, lr=1e-2, warmup=0.1, checkpoint_every=3)
+
+
+def test_an_interrupted_run_resumed_ends_with_the_same_weights(tmp_path):
+    teacher, student, train, val = _setup()
+    whole = finetune(teacher, student, train, val, CFG, checkpoints=tmp_path / "a")
+    expected = copy.deepcopy(student.state_dict())
+    assert not whole["interrupted"] and whole["step"] == 16
+
+    teacher, student, train, val = _setup()
+    part = finetune(teacher, student, train, val, CFG, checkpoints=tmp_path / "b", stop_after=5)
+    assert part["interrupted"] and part["step"] == 5
+    teacher, student, train, val = _setup()  # fresh objects, as a new process would build
+    with torch.no_grad():
+        for p in student.parameters():
+            p.normal_()  # nothing of the student may survive but the checkpoint
+    torch.manual_seed(123)  # whatever happened to the RNG in between
+    rest = finetune(teacher, student, train, val, CFG, checkpoints=tmp_path / "b", resume=True)
+    assert rest["step"] == 16 and len(rest["history"]) == 16
+    for key, value in expected.items():
+        torch.testing.assert_close(student.state_dict()[key], value, rtol=0, atol=0)
+    assert (tmp_path / "b" / "best.pt").exists()
+
+
+def test_a_diverging_loss_stops_with_the_checkpoint_named(tmp_path):
+    teacher, student, train, val = _setup()
+    with torch.no_grad():
+        student[3].weight.fill_(float("nan"))
+    with pytest.raises(TrainingDivergedError, match="last good checkpoint"):
+        finetune(teacher, student, train, val, CFG, checkpoints=tmp_path)
