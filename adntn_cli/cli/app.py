@@ -81,7 +81,7 @@ def main_callback(
 
 
 def main() -> None:
-    from . import demo, layers, plan, schema  # noqa: F401  (registers the commands)
+    from . import compress, demo, layers, plan, schema  # noqa: F401  (registers the commands)
 
     app(prog_name="adntn")
     sys.exit(0)

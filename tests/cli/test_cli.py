@@ -8,7 +8,7 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from adntn_cli.cli import demo, layers, plan, schema  # noqa: F401  (registers the commands)
+from adntn_cli.cli import compress, demo, layers, plan, schema  # noqa: F401  (registers)
 from adntn_cli.cli.app import app
 
 runner = CliRunner()

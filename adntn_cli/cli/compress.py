@@ -1,0 +1,78 @@
+"""``adntn compress``: the whole pipeline."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from .app import app, handle_errors, out
+from .options import Arch, Json, Model, RecipeOpt
+
+Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="No progress output.")]
+Device = Annotated[str, typer.Option("--device", help="auto, cpu, cuda, cuda:N or mps.")]
+Seed = Annotated[int, typer.Option("--seed", help="Seed for initialisation, data order, dropout.")]
+
+
+def summary(report: dict) -> str:
+    acc, t = report["accuracy"], report["totals"]
+    return (
+        f"replaced layers {t['replaced_ratio']:,.0f}x fewer parameters; whole model "
+        f"{t['ratio']:,.2f}x; top-1 dense {100 * acc['dense']['top1']:.2f}% -> compressed "
+        f"{100 * acc['compressed']['top1']:.2f}% ({acc['val_images']} validation images)\n"
+        f"wrote {report['run_dir']}/: model.safetensors, report.json, report.md, metrics.csv, "
+        "recipe.resolved.yaml, checkpoints/"
+    )
+
+
+@app.command()
+@handle_errors
+def compress(
+    model: Model,
+    recipe: RecipeOpt,
+    data: Annotated[
+        str | None,
+        typer.Option("--data", help="digits, synthetic[:N], imagefolder:PATH, cifar10:PATH, ..."),
+    ] = None,
+    out_dir: Annotated[
+        Path | None, typer.Option("--out", help="Run directory (default: runs/<recipe>-<n>).")
+    ] = None,
+    device: Device = "auto",
+    seed: Seed = 0,
+    resume: Annotated[bool, typer.Option("--resume", help="Continue the run in --out.")] = False,
+    force: Annotated[bool, typer.Option("--force", help="Empty --out and start over.")] = False,
+    arch: Arch = None,
+    allow_pickle: Annotated[
+        bool,
+        typer.Option(
+            "--allow-pickle",
+            help="Load a pickled whole model. Pickle runs code: only for files you trust.",
+        ),
+    ] = False,
+    quiet: Quiet = False,
+    json_: Json = False,
+) -> None:
+    """Compress MODEL with RECIPE: distil the generators and write a run directory.
+
+    Examples:
+      adntn compress teacher.pt --arch vgg16 --recipe vgg16 --data imagefolder:/data/imagenet
+      adntn compress torchvision:resnet18 --recipe my.yaml --data synthetic:256 --out runs/try
+      adntn compress teacher.pt --recipe demo --out runs/demo --resume
+    """
+    import json
+
+    from ..pipeline import compress as run
+    from .progress import Reporter
+
+    with Reporter(quiet) as reporter:
+        report = run(
+            model, recipe, data=data, out=out_dir, device=device, seed=seed, resume=resume,
+            force=force, arch=arch, allow_pickle=allow_pickle, callback=reporter,
+            argv=["adntn", *sys.argv[1:]],
+        )  # fmt: skip
+    if json_:
+        typer.echo(json.dumps(report, indent=1))
+    else:
+        out.print(summary(report), highlight=False)

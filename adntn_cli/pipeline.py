@@ -1,0 +1,269 @@
+"""``compress``: the whole job a user runs, as one function the CLI (or a notebook) calls.
+
+load the teacher -> plan and apply the recipe -> layer-wise fit -> BatchNorm recalibration ->
+end-to-end distillation (checkpointed, resumable) -> evaluate -> write the run directory:
+model.safetensors, report.json, report.md, metrics.csv, recipe.resolved.yaml, checkpoints/.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import platform
+import re
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+import yaml
+
+from . import __version__
+from .data import loaders, make_datasets
+from .distill import (
+    Callback,
+    Progress,
+    finetune,
+    layerwise_fit,
+    recalibrate_batchnorm,
+    save_atomic,
+)
+from .errors import AdntnError, DataError, RunDirError
+from .evaluate import accuracy, agreement
+from .io import save_compressed
+from .models import load_model
+from .plan import Plan, apply_plan, plan
+from .recipe import Recipe, load_recipe
+from .report import metrics_csv, to_markdown
+
+__all__ = ["compress", "new_run_dir", "prepare_run_dir", "resolve_device"]
+
+
+def resolve_device(name: str) -> torch.device:
+    """``auto``: CUDA when present, else MPS, else CPU; an explicit device must exist."""
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise AdntnError(f"--device {name}: no CUDA device here; valid: auto, cpu")
+    if name == "mps" and not (
+        getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()
+    ):
+        raise AdntnError("--device mps: no MPS device here; valid: auto, cpu")
+    if name not in ("cpu", "mps") and not name.startswith("cuda"):
+        raise AdntnError(f"--device {name!r} is not a device; valid: auto, cpu, cuda, cuda:N, mps")
+    return torch.device(name)
+
+
+def new_run_dir(name: str, root: Path = Path("runs")) -> Path:
+    """``runs/<name>-<n>`` with the first unused ``n``."""
+    stem = re.sub(r"[^A-Za-z0-9_.-]+", "_", Path(name).stem)
+    n = 1
+    while (root / f"{stem}-{n}").exists():
+        n += 1
+    return root / f"{stem}-{n}"
+
+
+def prepare_run_dir(out: Path, *, resume: bool, force: bool) -> Path:
+    """Refuse a non-empty directory unless resuming it or starting it over."""
+    if resume and force:
+        raise RunDirError("--resume and --force contradict each other: pick one")
+    busy = out.exists() and any(out.iterdir())
+    if busy and not (resume or force):
+        raise RunDirError(
+            f"{out} is not empty: pass --resume to continue that run or --force to start over"
+        )
+    if busy and force:
+        shutil.rmtree(out)
+    out.mkdir(parents=True, exist_ok=True)
+    return out
+
+
+def _git_commit() -> str | None:
+    try:
+        root = Path(__file__).resolve().parent.parent
+        done = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, timeout=5
+        )
+        return done.stdout.strip() or None if done.returncode == 0 else None
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+def resolved_recipe(recipe: Recipe, p: Plan) -> dict[str, Any]:
+    """The recipe with every selector resolved to exact layers and every bond dimension fixed."""
+    layers = []
+    for lp in p.layers:
+        s = lp.spec
+        entry: dict[str, Any] = {"select": lp.layer, "structure": s.structure}
+        entry["bond_dim"] = list(s.bond_dim) if isinstance(s.bond_dim, tuple) else s.bond_dim
+        if s.activation is not None:
+            act = s.activation
+            entry["activation"] = list(act) if isinstance(act, tuple) else act
+        if s.output_activation != "identity":
+            entry["output_activation"] = s.output_activation
+        if s.factors is not None:
+            entry["factors"] = {"out": list(s.factors[0]), "in": list(s.factors[1])}
+        if s.n_legs is not None:
+            entry["n_legs"] = s.n_legs
+        if s.options:
+            entry["options"] = dict(s.options)
+        layers.append(entry)
+    data = recipe.model_dump(by_alias=True, exclude_none=True)
+    data["layers"] = layers
+    data.pop("defaults", None)
+    return data
+
+
+def _calibration(train, n: int) -> list[torch.Tensor]:
+    out = []
+    for x, _ in train:
+        out.append(x)
+        if len(out) >= n:
+            break
+    return out
+
+
+def compress(
+    model: str,
+    recipe: str | Path,
+    *,
+    data: str | None = None,
+    out: str | Path | None = None,
+    device: str = "auto",
+    seed: int = 0,
+    resume: bool = False,
+    force: bool = False,
+    arch: str | None = None,
+    allow_pickle: bool = False,
+    stop_after: int | None = None,
+    callback: Callback | None = None,
+    argv: list[str] | None = None,
+) -> dict[str, Any]:
+    """Compress ``model`` with ``recipe``; returns the report (also written to the run directory).
+
+    ``model`` is ``torchvision:NAME`` or a state-dict file (architecture from ``arch`` or the
+    recipe's ``model.arch``); ``data`` overrides the recipe's ``data.train``. ``stop_after`` ends
+    the end-to-end step early, checkpointed (an interruption, for tests); ``resume`` continues it.
+    """
+    started = time.time()
+    cb = callback or (lambda _: None)
+    rec, source = load_recipe(recipe)
+    dev = resolve_device(device)
+    run_dir = prepare_run_dir(
+        Path(out) if out is not None else new_run_dir(source), resume=resume, force=force
+    )
+    ckpt_dir = run_dir / "checkpoints"
+    data_spec = data or rec.data.train
+    if not data_spec:
+        raise DataError("no data: pass --data (e.g. digits, imagefolder:PATH) or set data.train")
+
+    torch.manual_seed(seed)
+    arch_name = arch or rec.model.arch
+    from_file = not model.startswith("torchvision:")
+    teacher = load_model(
+        model,
+        arch_name,
+        None if from_file else rec.model.num_classes,
+        allow_pickle=allow_pickle,
+        device=dev,
+    )
+    arch_name = arch_name or model.split(":", 1)[-1]
+    teacher.eval()
+    num_classes = rec.model.num_classes
+    datasets = make_datasets(data_spec, rec.model.input_size, num_classes)
+    train, val = loaders(
+        datasets, rec.data.batch_size, workers=rec.data.workers, seed=seed,
+        pin_memory=dev.type == "cuda",
+    )  # fmt: skip
+    calib_loader, _ = loaders(datasets, rec.data.batch_size, seed=seed + 1)
+    cb(Progress("eval", 0, 1, message="evaluating the dense model"))
+    dense_acc = accuracy(teacher, val, dev)
+
+    student = copy.deepcopy(teacher)
+    the_plan = plan(student, rec, source=source, batch=rec.data.batch_size)
+    apply_plan(student, the_plan, generator=torch.Generator().manual_seed(seed))
+    student.to(dev)
+    names = [lp.layer for lp in the_plan.layers]
+
+    stage = ckpt_dir / "layerwise.pt"
+    if resume and stage.exists():
+        saved = torch.load(stage, map_location=dev, weights_only=False)
+        student.load_state_dict(saved["model"])
+        fit, recalibrated = saved["errors"], saved["batchnorm"]
+        cb(Progress("layerwise", 1, 1, message=f"resumed after the layer-wise fit ({stage})"))
+    else:
+        calib = _calibration(calib_loader, rec.distill.layerwise.batches)
+        lw = rec.distill.layerwise
+        fit = layerwise_fit(
+            teacher, student, names, calib, steps=lw.steps, lr=lw.lr, device=dev, callback=cb
+        )
+        recalibrated = recalibrate_batchnorm(student, calib, dev)
+        save_atomic(
+            {"model": student.state_dict(), "errors": fit, "batchnorm": recalibrated}, stage
+        )
+
+    history: dict[str, Any] = {"history": [], "step": 0, "total": 0, "interrupted": False}
+    if rec.distill.finetune.epochs > 0:
+        history = finetune(
+            teacher, student, train, val, rec.distill.finetune, checkpoints=ckpt_dir,
+            device=dev, resume=resume, stop_after=stop_after, callback=cb,
+        )  # fmt: skip
+        best = ckpt_dir / "best.pt"
+        if not history["interrupted"] and best.exists():
+            student.load_state_dict(torch.load(best, map_location=dev, weights_only=False)["model"])
+
+    comp_acc = accuracy(student, val, dev)
+    resolved = resolved_recipe(rec, the_plan)
+    model_path = run_dir / "model.safetensors"
+    size = save_compressed(
+        student, model_path, arch=arch_name, num_classes=num_classes, recipe=resolved
+    )
+    report: dict[str, Any] = {
+        "recipe": source,
+        "model": model,
+        "arch": arch_name,
+        "data": data_spec,
+        "data_description": datasets.description,
+        "seed": seed,
+        "device": str(dev),
+        "command": argv if argv is not None else sys.argv,
+        "versions": {
+            "adntn": __version__,
+            "torch": torch.__version__,
+            "torchvision": _torchvision_version(),
+            "python": platform.python_version(),
+        },
+        "git_commit": _git_commit(),
+        "layers": [lp.record for lp in the_plan.layers],
+        "totals": the_plan.totals,
+        "accuracy": {
+            "dense": {k: dense_acc[k] for k in ("top1", "top5", "loss")},
+            "compressed": {k: comp_acc[k] for k in ("top1", "top5", "loss")},
+            "agreement": agreement(teacher, student, val, dev),
+            "val_images": comp_acc["n"],
+        },
+        "layerwise": fit,
+        "batchnorm_recalibrated": recalibrated,
+        "finetune": {k: history[k] for k in ("step", "total", "interrupted")},
+        "files": {"model": str(model_path), "model_bytes": size},
+        "seconds": round(time.time() - started, 1),
+    }
+    (run_dir / "report.json").write_text(json.dumps(report, indent=1) + "\n")
+    (run_dir / "report.md").write_text(to_markdown(report))
+    (run_dir / "metrics.csv").write_text(metrics_csv(history["history"]))
+    (run_dir / "recipe.resolved.yaml").write_text(yaml.safe_dump(resolved, sort_keys=False))
+    report["run_dir"] = str(run_dir)
+    return report
+
+
+def _torchvision_version() -> str:
+    import torchvision
+
+    return torchvision.__version__
