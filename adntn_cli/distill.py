@@ -294,7 +294,7 @@ def finetune(
             sched.step()
             state["step"] += 1
             step = state["step"]
-            row = {"step": step, "loss": float(loss), "lr": sched.get_last_lr()[0]}
+            row = {"step": step, "loss": float(loss.detach()), "lr": sched.get_last_lr()[0]}
             end_of_epoch = step % per_epoch == 0 or step == total
             if val is not None and (
                 end_of_epoch or (cfg.eval_every and step % cfg.eval_every == 0)
