@@ -282,9 +282,10 @@ def finetune(
                 s_logits = student(x)
             loss = kd_loss(s_logits, t_logits, y, cfg.temperature, cfg.kd_weight)
             if not torch.isfinite(loss):
+                bad, at = float(loss.detach()), state["step"] + 1
                 raise TrainingDivergedError(
-                    f"the distillation loss became {float(loss)} at step {state['step'] + 1}; the "
-                    f"last good checkpoint is {last}; lower distill.finetune.lr (now {cfg.lr})"
+                    f"the distillation loss became {bad} at step {at}; the last good checkpoint "
+                    f"is {last}; lower distill.finetune.lr (now {cfg.lr})"
                 )
             opt.zero_grad(set_to_none=True)
             loss.backward()

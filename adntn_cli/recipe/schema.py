@@ -140,8 +140,7 @@ class Distill(_Strict):
 
 
 class Data(_Strict):
-    train: str | None = None
-    val: str | None = None
+    train: str | None = Field(default=None, description="digits, imagefolder:PATH, ...")
     batch_size: PositiveInt = 64
     workers: int = Field(default=0, ge=0)
 

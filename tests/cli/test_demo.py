@@ -1,0 +1,23 @@
+"""The embedded demo, whole: its accuracy target is checked here (about a minute on 2 cores)."""
+
+import json
+
+import pytest
+from typer.testing import CliRunner
+
+from adntn_cli.cli import compress, demo, layers, plan, schema  # noqa: F401  (registers)
+from adntn_cli.cli.app import app
+
+
+@pytest.mark.slow
+def test_demo_compresses_1000x_within_a_point_of_dense_and_runs_twice(tmp_path):
+    runner = CliRunner()
+    for _ in range(2):  # running it twice works
+        result = runner.invoke(app, ["demo", "--out", str(tmp_path / "demo"), "--quiet"])
+        assert result.exit_code == 0, result.output
+    report = json.loads((tmp_path / "demo" / "compressed" / "report.json").read_text())
+    assert all(r["ratio"] >= 1000 for r in report["layers"])
+    assert {r["layer"] for r in report["layers"]} == {"classifier.0", "classifier.3"}
+    acc = report["accuracy"]
+    assert acc["compressed"]["top1"] >= acc["dense"]["top1"] - 0.01
+    assert "dense" in result.output and "compressed" in result.output
