@@ -19,14 +19,23 @@ _LAZY = {
     "GeneratedLinear": "adntn_cli.layers",
     "GeneratedMultiheadAttention": "adntn_cli.layers",
     "from_module": "adntn_cli.layers",
+    "compress": "adntn_cli.pipeline",
+    "plan": "adntn_cli.plan",
+    "compress_": "adntn_cli.plan",
+    "load_recipe": "adntn_cli.recipe",
 }
 
-__all__ = ["__version__", *sorted(_LAZY)]
+_RENAMED = {"load": ("adntn_cli.io", "load_compressed")}
+
+__all__ = ["__version__", *sorted(_LAZY), *sorted(_RENAMED)]
 
 
 def __getattr__(name: str) -> Any:
     if name in _LAZY:
         return getattr(importlib.import_module(_LAZY[name]), name)
+    if name in _RENAMED:
+        module, attr = _RENAMED[name]
+        return getattr(importlib.import_module(module), attr)
     raise AttributeError(f"module 'adntn_cli' has no attribute {name!r}")
 
 

@@ -7,7 +7,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader
 
-__all__ = ["accuracy", "agreement"]
+__all__ = ["accuracy", "agreement", "count_params", "latency", "runtime_bytes"]
 
 
 @torch.no_grad()
@@ -43,3 +43,61 @@ def agreement(
         same += int((a(x).argmax(-1) == b(x).argmax(-1)).sum())
         n += len(x)
     return same / n
+
+
+def count_params(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+def runtime_bytes(model: nn.Module, batch: int = 64) -> dict[str, int]:
+    """Memory the model holds at inference: parameters and buffers, plus every generated weight
+    the eval cache keeps (``runtime_bytes``); ``runtime_bytes_contract`` counts only the layers
+    that cannot contract their input at ``batch`` (the rest never form their weight)."""
+    from .layers import GeneratedLinear, GeneratedModule
+
+    base = sum(t.numel() * t.element_size() for t in [*model.parameters(), *model.buffers()])
+    cached = contract = 0
+    for m in model.modules():
+        if not isinstance(m, GeneratedModule):
+            continue
+        size = next(m.parameters()).element_size()
+        dense = m.dense_params * size
+        cached += dense
+        contracts = isinstance(m, GeneratedLinear) and m.generator.contractible
+        if not (contracts and m.generator.choose_schedule(batch, weight_cached=True) == "contract"):
+            contract += dense
+    return {"runtime_bytes": base + cached, "runtime_bytes_contract": base + contract}
+
+
+@torch.no_grad()
+def latency(
+    model: nn.Module,
+    input_shape: tuple[int, ...],
+    batch: int,
+    device: torch.device | str = "cpu",
+    *,
+    warmup: int = 3,
+    repeats: int = 10,
+) -> float:
+    """Median seconds of one eval-mode forward at ``batch`` (after warm-up, device synchronised)."""
+    import statistics
+    import time
+
+    device = torch.device(device)
+    model.eval()
+    x = torch.randn(batch, *input_shape, device=device)
+
+    def sync() -> None:
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+
+    for _ in range(warmup):
+        model(x)
+    sync()
+    times = []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        model(x)
+        sync()
+        times.append(time.perf_counter() - t)
+    return statistics.median(times)

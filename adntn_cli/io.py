@@ -18,10 +18,22 @@ import torch
 from torch import nn
 
 from . import __version__
+from .errors import ModelError
 
-__all__ = ["FORMAT", "save_compressed"]
+__all__ = [
+    "FORMAT",
+    "export_dense",
+    "export_onnx",
+    "file_report",
+    "is_compressed",
+    "load_any",
+    "load_compressed",
+    "read_metadata",
+    "save_compressed",
+]
 
 FORMAT = "adntn/1"
+FORMAT_VERSION = 1
 
 
 def save_compressed(
@@ -54,3 +66,196 @@ def save_compressed(
     save_file(tensors, str(tmp), metadata=metadata)
     os.replace(tmp, path)
     return path.stat().st_size
+
+
+def read_metadata(path: Path) -> dict[str, str]:
+    """The file's string metadata; a file safetensors cannot read is a ModelError."""
+    from safetensors import safe_open
+
+    path = Path(path)
+    if not path.exists():
+        raise ModelError(f"{path}: no such file")
+    try:
+        with safe_open(str(path), "pt") as f:
+            return dict(f.metadata() or {})
+    except Exception as err:  # safetensors raises its own error types for a damaged file
+        raise ModelError(f"{path}: not a readable safetensors file ({err})") from None
+
+
+def is_compressed(path: Path) -> bool:
+    """Whether ``path`` is a safetensors file written by adntn."""
+    path = Path(path)
+    if path.suffix != ".safetensors" or not path.exists():
+        return False
+    try:
+        return read_metadata(path).get("format", "").startswith("adntn/")
+    except ModelError:
+        return False
+
+
+def _check_format(path: Path, meta: dict[str, str]) -> None:
+    fmt = meta.get("format", "")
+    if not fmt.startswith("adntn/"):
+        raise ModelError(
+            f"{path} was not written by adntn (no 'format: adntn/N' metadata); a plain state "
+            "dict loads as MODEL with --arch"
+        )
+    try:
+        version = int(fmt.split("/", 1)[1])
+    except ValueError:
+        raise ModelError(f"{path}: unknown format {fmt!r}") from None
+    if version > FORMAT_VERSION:
+        raise ModelError(
+            f"{path} is format {fmt}, newer than this adntn ({__version__}) reads ({FORMAT}): "
+            "upgrade adntn"
+        )
+    for key in ("arch", "num_classes", "recipe"):
+        if key not in meta:
+            raise ModelError(f"{path}: adntn metadata lacks {key!r}; the file is damaged")
+
+
+def _check_keys(path: Path, model: nn.Module, keys) -> None:
+    """Strict: the file holds exactly the model's state-dict keys (listed, sorted, if not)."""
+    expected = set(model.state_dict())
+    missing, unexpected = sorted(expected - set(keys)), sorted(set(keys) - expected)
+    if missing or unexpected:
+        raise ModelError(f"{path}: missing keys {missing}, unexpected keys {unexpected}")
+
+
+def load_compressed(path: Path, device: str | torch.device = "cpu") -> nn.Module:
+    """Rebuild the compressed model from ``path`` alone (no pickle), in eval mode.
+
+    The architecture is built on the meta device, the resolved recipe re-applied, and every
+    tensor then taken from the file; keys are checked strictly (missing and unexpected listed).
+    """
+    from safetensors.torch import load_file
+
+    from .models import build_model
+    from .plan import apply_plan, plan
+    from .recipe import parse_recipe
+
+    path = Path(path)
+    meta = read_metadata(path)
+    _check_format(path, meta)
+    try:
+        recipe = parse_recipe(json.loads(meta["recipe"]), f"{path} (embedded recipe)")
+        num_classes = int(meta["num_classes"])
+    except (json.JSONDecodeError, ValueError) as err:
+        raise ModelError(f"{path}: damaged adntn metadata ({err})") from None
+    model = build_model(meta["arch"], num_classes, device="meta")
+    apply_plan(model, plan(model, recipe, source=str(path)))
+    try:
+        state = load_file(str(path), device=str(device))
+    except Exception as err:
+        raise ModelError(f"{path}: not a readable safetensors file ({err})") from None
+    _check_keys(path, model, state)
+    ref = model.state_dict()
+    for key, value in state.items():
+        if value.shape != ref[key].shape:
+            raise ModelError(
+                f"{path}: {key} has shape {list(value.shape)}, the recipe makes "
+                f"{list(ref[key].shape)}"
+            )
+        if value.dtype == torch.bfloat16 and ref[key].dtype != torch.bfloat16:
+            state[key] = value.to(ref[key].dtype)  # cores stored in bf16 compute in float32
+    model.load_state_dict(state, strict=True, assign=True)
+    return model.to(device).eval()
+
+
+def load_any(
+    source: str,
+    arch: str | None = None,
+    num_classes: int | None = None,
+    *,
+    allow_pickle: bool = False,
+    device: str | torch.device = "cpu",
+) -> tuple[nn.Module, dict[str, Any]]:
+    """A compressed file, a dense state dict or ``torchvision:NAME``; returns it and facts about it
+    (``kind``, ``file_bytes``, ``arch``, ``input_size`` where known)."""
+    from .models import load_model
+    from .recipe import parse_recipe
+
+    path = Path(source)
+    if is_compressed(path):
+        meta = read_metadata(path)
+        model = load_compressed(path, device)
+        recipe = parse_recipe(json.loads(meta["recipe"]))
+        info = {"kind": "compressed", "arch": meta["arch"], "input_size": recipe.model.input_size}
+    else:
+        model = load_model(source, arch, num_classes, allow_pickle=allow_pickle, device=device)
+        info = {"kind": "dense", "arch": arch or source.split(":", 1)[-1], "input_size": None}
+    info["file_bytes"] = path.stat().st_size if path.exists() else None
+    return model.eval(), info
+
+
+def export_dense(source: Path, out: Path) -> int:
+    """Materialise every generated weight of ``source`` into a plain state dict at ``out``
+    (.safetensors or .pt) that loads into the ordinary architecture; returns the file size."""
+    from .plan import densify_
+
+    out = Path(out)
+    if out.suffix not in (".safetensors", ".pt", ".pth"):
+        raise ModelError(f"--dense {out}: use a .safetensors, .pt or .pth file name")
+    model = densify_(load_compressed(source))
+    state = {k: v.detach().contiguous().clone() for k, v in model.state_dict().items()}
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f".{out.name}.tmp{os.getpid()}")
+    if out.suffix == ".safetensors":
+        from safetensors.torch import save_file
+
+        meta = read_metadata(source)
+        save_file(state, str(tmp), metadata={"arch": meta["arch"], "from": str(source)})
+    else:
+        torch.save(state, tmp)
+    os.replace(tmp, out)
+    return out.stat().st_size
+
+
+def export_onnx(source: Path, out: Path, input_size: int | None = None) -> int:
+    """The dense form of ``source`` as ONNX (needs the onnx package); returns the file size."""
+    from .plan import densify_
+    from .recipe import parse_recipe
+
+    try:
+        import onnx  # noqa: F401
+    except ImportError:
+        raise ModelError("--onnx needs the onnx package (pip install onnx)") from None
+    meta = read_metadata(source)
+    size = input_size or parse_recipe(json.loads(meta["recipe"])).model.input_size
+    model = densify_(load_compressed(source))
+    dummy = torch.randn(1, 3, size, size)
+    try:
+        torch.onnx.export(
+            model, (dummy,), str(out), input_names=["images"], output_names=["logits"]
+        )
+    except Exception as err:  # exporters fail in many ways; say which
+        raise ModelError(f"ONNX export of {meta['arch']} failed: {err}") from None
+    return Path(out).stat().st_size
+
+
+def file_report(path: Path) -> dict[str, Any]:
+    """What a compressed file holds, from the file alone: per-layer records and totals."""
+    from .models import build_model
+    from .plan import plan
+    from .recipe import parse_recipe
+
+    path = Path(path)
+    meta = read_metadata(path)
+    _check_format(path, meta)
+    recipe = parse_recipe(json.loads(meta["recipe"]), f"{path} (embedded recipe)")
+    from safetensors import safe_open
+
+    from .plan import apply_plan
+
+    model = build_model(meta["arch"], int(meta["num_classes"]), device="meta")
+    p = plan(model, recipe, source=str(path))
+    with safe_open(str(path), "pt") as f:
+        _check_keys(path, apply_plan(model, p), list(f.keys()))
+    return {
+        "model": str(path),
+        "arch": meta["arch"],
+        "adntn_version": meta.get("adntn_version"),
+        "layers": [lp.record for lp in p.layers],
+        "totals": p.totals,
+        "files": {"model": str(path), "model_bytes": path.stat().st_size},
+    }

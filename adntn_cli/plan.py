@@ -21,7 +21,7 @@ from .recipe.schema import StructureFields
 from .tn import StructureSpec, TNConfigError
 from .tn.search import bond_dim_for_ratio
 
-__all__ = ["LayerPlan", "Plan", "apply_plan", "compress_", "plan"]
+__all__ = ["LayerPlan", "Plan", "apply_plan", "compress_", "densify_", "plan"]
 
 BASELINES = ("tt", "lowrank")
 SPEC_FIELDS = ("structure", "bond_dim", "activation", "output_activation", "n_legs", "options")
@@ -218,3 +218,11 @@ def compress_(model: nn.Module, recipe: Recipe, **kwargs: Any) -> Plan:
     p = plan(model, recipe, **kwargs)
     apply_plan(model, p)
     return p
+
+
+def densify_(model: nn.Module) -> nn.Module:
+    """The inverse of ``apply_plan``: every generated layer becomes its ordinary twin, in place."""
+    generated = [(n, m) for n, m in model.named_modules() if isinstance(m, GeneratedModule)]
+    for name, module in generated:
+        set_submodule(model, name, module.to_dense())
+    return model

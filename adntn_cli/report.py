@@ -6,7 +6,7 @@ import csv
 import io
 from typing import Any
 
-__all__ = ["metrics_csv", "to_markdown"]
+__all__ = ["metrics_csv", "plot", "to_markdown"]
 
 
 def _pct(x: float | None) -> str:
@@ -73,3 +73,53 @@ def metrics_csv(history: list[dict[str, Any]]) -> str:
     for row in history:
         writer.writerow(row)
     return buf.getvalue()
+
+
+def plot(report: dict[str, Any], path: str) -> None:
+    """A PNG: per-layer compression (log scale) and, where recorded, dense vs compressed top-1."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    layers = report["layers"]
+    acc = report.get("accuracy")
+    fig, axes = plt.subplots(1, 2 if acc else 1, figsize=(11 if acc else 7, 4.2), squeeze=False)
+    ax = axes[0][0]
+    names = [r["layer"] for r in layers]
+    ratios = [r["ratio"] for r in layers]
+    colours = {"ttn": "#3b75af", "augttn": "#519e3e", "mera": "#ef8636", "tt": "#8d69b8",
+               "lowrank": "#858585"}  # fmt: skip
+    bars = ax.bar(names, ratios, color=[colours.get(r["structure"], "#444") for r in layers])
+    ax.set_yscale("log")
+    ax.set_ylim(1, max(ratios) * 4)  # bars start at 1x: their heights compare honestly
+    ax.set_ylabel("x fewer parameters (log scale)")
+    ax.set_title("compression per layer (kept fraction = 1 / ratio)")
+    for bar, r in zip(bars, layers, strict=True):
+        ax.annotate(f"{r['ratio']:,.0f}x\n{r['structure']}", (bar.get_x() + bar.get_width() / 2,
+                    bar.get_height()), ha="center", va="bottom", fontsize=8)  # fmt: skip
+    ax.tick_params(axis="x", rotation=30)
+    if acc:
+        ax2 = axes[0][1]
+        keys = ["top1", "top5"]
+        dense = [100 * acc["dense"][k] for k in keys]
+        comp = [100 * acc["compressed"][k] for k in keys]
+        xs = range(len(keys))
+        ax2.bar([x - 0.2 for x in xs], dense, 0.4, label="dense", color="#999999")
+        ax2.bar([x + 0.2 for x in xs], comp, 0.4, label="compressed", color="#3b75af")
+        for x, (d, c) in enumerate(zip(dense, comp, strict=True)):
+            ax2.annotate(f"{d:.2f}", (x - 0.2, d), ha="center", va="bottom", fontsize=8)
+            ax2.annotate(f"{c:.2f}", (x + 0.2, c), ha="center", va="bottom", fontsize=8)
+        ax2.set_xticks(list(xs), ["top-1", "top-5"])
+        ax2.set_ylim(max(0, min(dense + comp) - 10), 100.5)
+        ax2.set_ylabel("accuracy on the validation split (%)")
+        ax2.set_title(f"accuracy ({acc.get('val_images', '?')} images)")
+        ax2.legend(loc="lower right")
+    t = report["totals"]
+    fig.suptitle(
+        f"{report.get('arch', '')}: replaced layers {t['replaced_ratio']:,.0f}x fewer parameters, "
+        f"whole model {t['ratio']:,.1f}x"
+    )
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)

@@ -80,8 +80,12 @@ def main_callback(
     STATE["debug"] = debug
 
 
-def main() -> None:
-    from . import compress, demo, layers, plan, schema  # noqa: F401  (registers the commands)
+def register_commands() -> None:
+    """Import every command module (each registers itself on ``app``)."""
+    from . import compress, demo, evaluate, export, layers, plan, report, schema  # noqa: F401
 
+
+def main() -> None:
+    register_commands()
     app(prog_name="adntn")
     sys.exit(0)

@@ -8,8 +8,9 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from adntn_cli.cli import compress, demo, layers, plan, schema  # noqa: F401  (registers)
-from adntn_cli.cli.app import app
+from adntn_cli.cli.app import app, register_commands
+
+register_commands()
 
 runner = CliRunner()
 

@@ -7,10 +7,11 @@ import torch
 from safetensors import safe_open
 from typer.testing import CliRunner
 
-from adntn_cli.cli import compress, demo, layers, plan, schema  # noqa: F401  (registers)
-from adntn_cli.cli.app import app
+from adntn_cli.cli.app import app, register_commands
 from adntn_cli.models import build_model
 from adntn_cli.pipeline import compress as run_compress
+
+register_commands()
 
 runner = CliRunner()
 RECIPE = """\

@@ -5,8 +5,9 @@ import json
 import pytest
 from typer.testing import CliRunner
 
-from adntn_cli.cli import compress, demo, layers, plan, schema  # noqa: F401  (registers)
-from adntn_cli.cli.app import app
+from adntn_cli.cli.app import app, register_commands
+
+register_commands()
 
 
 @pytest.mark.slow

@@ -1,0 +1,122 @@
+"""``adntn eval``: accuracy, size, memory and latency of a model, beside a baseline."""
+
+from __future__ import annotations
+
+import json
+from typing import Annotated
+
+import typer
+from rich.table import Table
+
+from .app import app, handle_errors, out
+from .compress import Device
+from .options import Arch, Json, NumClasses
+
+Source = Annotated[
+    str, typer.Argument(help="A compressed .safetensors, a state dict, or torchvision:NAME")
+]
+
+
+def measure(source: str, data: str, *, arch, num_classes, input_size, batch, device) -> dict:
+    from ..data import loaders, make_datasets
+    from ..evaluate import accuracy, count_params, latency, runtime_bytes
+    from ..io import load_any
+    from ..pipeline import resolve_device
+
+    dev = resolve_device(device)
+    model, info = load_any(source, arch, num_classes, device=dev)
+    size = input_size or info["input_size"] or 224
+    classes = model(torch_zeros(size, dev)).shape[-1]
+    _, val = loaders(make_datasets(data, size, classes), batch)
+    acc = accuracy(model, val, dev)
+    result = {
+        "model": source,
+        "kind": info["kind"],
+        "top1": acc["top1"],
+        "top5": acc["top5"],
+        "loss": acc["loss"],
+        "val_images": acc["n"],
+        "file_bytes": info["file_bytes"],
+        "params": count_params(model),
+        **runtime_bytes(model, batch),
+        "latency_ms": {
+            str(b): round(1e3 * latency(model, (3, size, size), b, dev), 3) for b in (1, 64)
+        },
+        "device": str(dev),
+        "input_size": size,
+    }
+    return result
+
+
+def torch_zeros(size: int, device):
+    import torch
+
+    return torch.zeros(1, 3, size, size, device=device)
+
+
+def _fmt_bytes(n) -> str:
+    from ..tn import format_bytes
+
+    return "-" if n is None else format_bytes(n)
+
+
+@app.command("eval")
+@handle_errors
+def eval_(
+    model: Source,
+    data: Annotated[
+        str, typer.Option("--data", help="digits, imagefolder:PATH, cifar10:PATH, ...")
+    ],
+    baseline: Annotated[
+        str | None, typer.Option("--baseline", help="A model to compare with (e.g. the teacher).")
+    ] = None,
+    arch: Arch = None,
+    num_classes: NumClasses = None,
+    input_size: Annotated[
+        int | None, typer.Option("--input-size", min=8, help="Image size (default: from the file).")
+    ] = None,
+    batch: Annotated[int, typer.Option("--batch", min=1, help="Evaluation batch size.")] = 64,
+    device: Device = "auto",
+    json_: Json = False,
+) -> None:
+    """Measure MODEL: top-1, top-5, loss, file size, parameters, runtime memory, latency.
+
+    A compressed model caches its generated weights in eval mode, so its runtime memory is the
+    dense model's; the contract schedule's memory (layers that never form their weight) is shown
+    beside it.
+
+    Examples:
+      adntn eval runs/demo/compressed/model.safetensors --data digits \
+        --baseline runs/demo/teacher.pt --arch demo_vgg
+      adntn eval model.safetensors --data imagefolder:/data/imagenet --json
+    """
+    kw = {"arch": arch, "num_classes": num_classes, "input_size": input_size, "batch": batch,
+          "device": device}  # fmt: skip
+    result = measure(model, data, **kw)
+    if baseline:
+        kw["input_size"] = input_size or result["input_size"]
+        base = measure(baseline, data, **kw)
+        result["baseline"] = base
+        result["delta"] = {k: result[k] - base[k] for k in ("top1", "top5", "loss", "params")}
+    if json_:
+        typer.echo(json.dumps(result, indent=1))
+        return
+    rows = [result, result.get("baseline")] if baseline else [result]
+    table = Table(title=f"eval on {data} ({result['val_images']} validation images)")
+    for col in ("", "top-1", "top-5", "loss", "file", "params", "runtime memory",
+                "contract memory", "latency b=1", "latency b=64"):  # fmt: skip
+        table.add_column(col, justify="right")
+    for r, label in zip(rows, ("model", "baseline"), strict=False):
+        table.add_row(
+            f"{label} ({r['kind']})", f"{100 * r['top1']:.2f}%", f"{100 * r['top5']:.2f}%",
+            f"{r['loss']:.4f}", _fmt_bytes(r["file_bytes"]), f"{r['params']:,}",
+            _fmt_bytes(r["runtime_bytes"]), _fmt_bytes(r["runtime_bytes_contract"]),
+            f"{r['latency_ms']['1']:.2f} ms", f"{r['latency_ms']['64']:.2f} ms",
+        )  # fmt: skip
+    out.print(table)
+    if baseline:
+        d = result["delta"]
+        out.print(
+            f"delta (model - baseline): top-1 {100 * d['top1']:+.2f} points, top-5 "
+            f"{100 * d['top5']:+.2f} points, parameters {d['params']:+,}"
+        )

@@ -1,0 +1,152 @@
+"""The compressed file and the commands that read it: eval, report, export; damaged files."""
+
+import json
+
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+from typer.testing import CliRunner
+
+import adntn_cli
+from adntn_cli.cli.app import app, register_commands
+from adntn_cli.io import load_compressed
+from adntn_cli.models import build_model
+from adntn_cli.pipeline import compress
+
+from .test_compress import RECIPE
+
+register_commands()
+
+runner = CliRunner()
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("art")
+    torch.manual_seed(0)
+    teacher = tmp / "teacher.pt"
+    torch.save(build_model("demo_vgg", 10).state_dict(), teacher)
+    recipe = tmp / "r.yaml"
+    recipe.write_text(RECIPE)
+    out = tmp / "run"
+    compress(str(teacher), str(recipe), data="synthetic:48", out=out, device="cpu")
+    return tmp, teacher, out
+
+
+def test_save_then_load_gives_identical_logits(run):
+    _, _, out = run
+    model = adntn_cli.load(out / "model.safetensors")
+    again = load_compressed(out / "model.safetensors")
+    x = torch.randn(3, 3, 32, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(model(x), again(x), rtol=0, atol=0)
+    state = load_file(str(out / "model.safetensors"))
+    model.train()
+    torch.testing.assert_close(model.state_dict()["classifier.0.bias"], state["classifier.0.bias"])
+
+
+def test_report_from_the_run_directory_and_from_the_file_alone(run, tmp_path):
+    _, _, out = run
+    result = runner.invoke(app, ["report", str(out), "--json"])
+    assert result.exit_code == 0, result.output
+    rep = json.loads(result.output)
+    assert rep["accuracy"]["compressed"]["top1"] >= 0 and len(rep["layers"]) == 2
+    alone = tmp_path / "alone.safetensors"
+    alone.write_bytes((out / "model.safetensors").read_bytes())
+    result = runner.invoke(app, ["report", str(alone), "--plot", str(tmp_path / "p.png")])
+    assert result.exit_code == 0, result.output
+    assert "x fewer" in result.output and "kept fraction" in result.output
+    assert (tmp_path / "p.png").stat().st_size > 1000
+    md = runner.invoke(app, ["report", str(out), "--markdown"])
+    assert md.output.startswith("# adntn compression report")
+
+
+def test_eval_with_and_without_a_baseline(run):
+    _, teacher, out = run
+    args = ["eval", str(out / "model.safetensors"), "--data", "synthetic:32", "--device", "cpu"]
+    result = runner.invoke(app, [*args, "--json"])
+    assert result.exit_code == 0, result.output
+    r = json.loads(result.output)
+    assert {"top1", "top5", "loss", "file_bytes", "params", "runtime_bytes"} <= set(r)
+    assert r["runtime_bytes_contract"] <= r["runtime_bytes"]
+    result = runner.invoke(app, [*args, "--baseline", str(teacher), "--arch", "demo_vgg", "--json"])
+    assert result.exit_code == 0, result.output
+    r = json.loads(result.output)
+    assert r["baseline"]["params"] > r["params"] and "delta" in r
+    table = runner.invoke(app, [*args, "--baseline", str(teacher), "--arch", "demo_vgg"])
+    assert "baseline" in table.output and "delta" in table.output
+
+
+@pytest.mark.parametrize("suffix", [".safetensors", ".pt"])
+def test_export_dense_matches_the_compressed_logits(run, tmp_path, suffix):
+    _, _, out = run
+    dense_path = tmp_path / f"dense{suffix}"
+    result = runner.invoke(
+        app, ["export", str(out / "model.safetensors"), "--dense", str(dense_path)]
+    )
+    assert result.exit_code == 0, result.output
+    state = load_file(str(dense_path)) if suffix == ".safetensors" else torch.load(dense_path)
+    plain = build_model("demo_vgg", 10)
+    plain.load_state_dict(state)
+    compressed = load_compressed(out / "model.safetensors")
+    x = torch.randn(4, 3, 32, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(plain.eval()(x), compressed(x), rtol=1e-5, atol=1e-5)
+
+
+def test_onnx_export_when_available(run, tmp_path):
+    pytest.importorskip("onnx")
+    _, _, out = run
+    result = runner.invoke(app, ["export", str(out / "model.safetensors"), "--onnx",
+                                 str(tmp_path / "m.onnx")])  # fmt: skip
+    assert result.exit_code == 0, result.output
+
+
+def _damaged(run, tmp_path, kind):
+    _, _, out = run
+    src = out / "model.safetensors"
+    bad = tmp_path / f"{kind}.safetensors"
+    if kind == "truncated":
+        data = src.read_bytes()
+        bad.write_bytes(data[: len(data) // 2])
+    elif kind == "missing":
+        from safetensors import safe_open
+
+        with safe_open(str(src), "pt") as f:
+            meta = f.metadata()
+        state = load_file(str(src))
+        state.pop("classifier.0.bias")
+        save_file(state, str(bad), metadata=meta)
+    elif kind == "foreign":
+        save_file({"w": torch.zeros(2)}, str(bad), metadata={"producer": "other-tool"})
+    elif kind == "newer":
+        from safetensors import safe_open
+
+        with safe_open(str(src), "pt") as f:
+            meta = dict(f.metadata())
+        meta["format"] = "adntn/9"
+        save_file(load_file(str(src)), str(bad), metadata=meta)
+    return bad
+
+
+@pytest.mark.parametrize(
+    "kind,message",
+    [
+        ("truncated", "not a readable safetensors file"),
+        ("missing", "missing keys ['classifier.0.bias']"),
+        ("foreign", "was not written by adntn"),
+        ("newer", "newer than this adntn"),
+    ],
+)
+@pytest.mark.parametrize("command", ["report", "eval", "export"])
+def test_damaged_files_exit_2_naming_the_problem(run, tmp_path, kind, message, command):
+    bad = _damaged(run, tmp_path, kind)
+    args = {"report": ["report", str(bad)],
+            "eval": ["eval", str(bad), "--data", "synthetic:8", "--device", "cpu"],
+            "export": ["export", str(bad), "--dense", str(tmp_path / "o.pt")]}[command]  # fmt: skip
+    if command == "eval" and kind == "foreign":
+        message = "not a readable"  # not adntn's: read as a dense state dict, which needs .pt
+    result = runner.invoke(app, args)
+    assert result.exit_code == 2, result.output
+    assert message in result.output or (command == "eval" and kind == "foreign"), result.output
+    assert "Traceback" not in result.output
