@@ -145,15 +145,21 @@ def compress(
     stop_after: int | None = None,
     callback: Callback | None = None,
     argv: list[str] | None = None,
+    cores_dtype: str = "float32",
 ) -> dict[str, Any]:
     """Compress ``model`` with ``recipe``; returns the report (also written to the run directory).
 
     ``model`` is ``torchvision:NAME`` or a state-dict file (architecture from ``arch`` or the
-    recipe's ``model.arch``); ``data`` overrides the recipe's ``data.train``. ``stop_after`` ends
-    the end-to-end step early, checkpointed (an interruption, for tests); ``resume`` continues it.
+    recipe's ``model.arch``); ``data`` overrides the recipe's ``data.train``; ``cores_dtype``
+    (float32 or bfloat16) is how the generator cores are stored in model.safetensors.
+    ``stop_after`` ends the end-to-end step early, checkpointed (an interruption, for tests);
+    ``resume`` continues it.
     """
     started = time.time()
     cb = callback or (lambda _: None)
+    dtypes = {"float32": None, "bfloat16": torch.bfloat16}
+    if cores_dtype not in dtypes:
+        raise AdntnError(f"cores dtype {cores_dtype!r} is not offered; valid: float32, bfloat16")
     rec, source = load_recipe(recipe)
     dev = resolve_device(device)
     run_dir = prepare_run_dir(
@@ -223,8 +229,9 @@ def compress(
     resolved = resolved_recipe(rec, the_plan)
     model_path = run_dir / "model.safetensors"
     size = save_compressed(
-        student, model_path, arch=arch_name, num_classes=num_classes, recipe=resolved
-    )
+        student, model_path, arch=arch_name, num_classes=num_classes, recipe=resolved,
+        dtype=dtypes[cores_dtype],
+    )  # fmt: skip
     report: dict[str, Any] = {
         "recipe": source,
         "model": model,

@@ -51,6 +51,9 @@ def compress(
             help="Load a pickled whole model. Pickle runs code: only for files you trust.",
         ),
     ] = False,
+    cores_dtype: Annotated[
+        str, typer.Option("--cores-dtype", help="Store the cores as float32 or bfloat16.")
+    ] = "float32",
     quiet: Quiet = False,
     json_: Json = False,
 ) -> None:
@@ -70,7 +73,7 @@ def compress(
         report = run(
             model, recipe, data=data, out=out_dir, device=device, seed=seed, resume=resume,
             force=force, arch=arch, allow_pickle=allow_pickle, callback=reporter,
-            argv=["adntn", *sys.argv[1:]],
+            argv=["adntn", *sys.argv[1:]], cores_dtype=cores_dtype,
         )  # fmt: skip
     if json_:
         typer.echo(json.dumps(report, indent=1))

@@ -12,6 +12,7 @@ from rich.table import Table
 from ..errors import AdntnError
 from .app import app, handle_errors, out
 from .options import Json
+from .plan import compact_legs
 
 
 def load_report(target: Path) -> dict:
@@ -64,12 +65,13 @@ def report(
         typer.echo(to_markdown(rep), nl=False)
         return
     table = Table(title=f"adntn report: {target}")
-    for col in ("layer", "type", "structure", "bond_dim", "dense", "generator",
+    for col in ("layer", "type", "structure", "legs", "bond_dim", "dense", "generator",
                 "x fewer params", "kept fraction", "FLOPs", "peak", "schedule"):  # fmt: skip
         table.add_column(col, justify="right" if col[0] in "dgxkF" else "left")
     for r in rep["layers"]:
         table.add_row(
-            r["layer"], r["kind"], r["structure"], ",".join(map(str, r["bond_dim"])),
+            r["layer"], r["kind"], r["structure"], compact_legs(r["legs"]),
+            ",".join(map(str, r["bond_dim"])),
             f"{r['dense_params']:,}", f"{r['tn_params']:,}", f"{r['ratio']:,.0f}x",
             f"{1 / r['ratio']:.2e}", f"{r['flops']:.3g}", format_bytes(r["peak_bytes"]),
             r["schedule"],

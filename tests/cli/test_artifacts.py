@@ -150,3 +150,19 @@ def test_damaged_files_exit_2_naming_the_problem(run, tmp_path, kind, message, c
     assert result.exit_code == 2, result.output
     assert message in result.output or (command == "eval" and kind == "foreign"), result.output
     assert "Traceback" not in result.output
+
+
+def test_cores_stored_in_bf16_load_and_stay_close(run, tmp_path):
+    tmp, teacher, out = run
+    bf = compress(str(teacher), str(tmp / "r.yaml"), data="synthetic:48", out=tmp_path / "bf",
+                  device="cpu", cores_dtype="bfloat16")  # fmt: skip
+    state = load_file(str(tmp_path / "bf" / "model.safetensors"))
+    assert state["classifier.0.generator.cores.leaf0"].dtype == torch.bfloat16
+    assert state["classifier.0.bias"].dtype == torch.float32
+    a = load_compressed(out / "model.safetensors")
+    b = load_compressed(tmp_path / "bf" / "model.safetensors")
+    x = torch.randn(4, 3, 32, 32)
+    with torch.no_grad():
+        ya, yb = a(x), b(x)
+    assert float((ya - yb).norm() / ya.norm()) < 0.05  # bf16 keeps ~3 significant digits
+    assert bf["files"]["model_bytes"] < (out / "model.safetensors").stat().st_size
