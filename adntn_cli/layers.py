@@ -85,6 +85,14 @@ class GeneratedModule(nn.Module):
     def to_dense(self) -> nn.Module:
         raise NotImplementedError
 
+    @torch.no_grad()
+    def _fill(self, dense: nn.Module) -> nn.Module:
+        """Copy the generated weight and the bias into ``dense`` (a Linear or Conv2d twin)."""
+        dense.weight.copy_(self.generator())
+        if self.bias is not None:
+            dense.bias.copy_(self.bias)
+        return dense
+
     def _describe(self) -> str:
         gens = self.generators().values()
         return ", ".join(g.extra_repr() for g in gens)
@@ -171,11 +179,7 @@ class GeneratedLinear(GeneratedModule):
             device=p.device,
             dtype=p.dtype,
         )
-        with torch.no_grad():
-            dense.weight.copy_(self.generator())
-            if self.bias is not None:
-                dense.bias.copy_(self.bias)
-        return dense
+        return self._fill(dense)
 
     def extra_repr(self) -> str:
         return (
@@ -243,11 +247,7 @@ class GeneratedConv2d(GeneratedModule):
             device=p.device,
             dtype=p.dtype,
         )
-        with torch.no_grad():
-            dense.weight.copy_(self.generator())
-            if self.bias is not None:
-                dense.bias.copy_(self.bias)
-        return dense
+        return self._fill(dense)
 
     def extra_repr(self) -> str:
         return (
