@@ -139,6 +139,24 @@ def _pack(items: Sequence[tuple[int, str]], capacity: int) -> list[list[int]]:
     return legs
 
 
+def _interleave(legs: list[list[int]]) -> list[list[int]]:
+    """Alternate output-heavy and input-heavy legs (balanced ones after).
+
+    Small packed legs often carry only output or only input factors; alternating them makes the
+    first pairing of a tree or MERA join an output leg with an input leg, as a TT-matrix leg
+    ``(o_k, i_k)`` would, instead of splitting the weight into an output half and an input half
+    (which would bound its matrix rank by the top bond).
+    """
+    outs = [leg for leg in legs if leg[0] > leg[1]]
+    ins = [leg for leg in legs if leg[0] < leg[1]]
+    even = [leg for leg in legs if leg[0] == leg[1]]
+    order: list[list[int]] = []
+    while outs or ins:
+        order += [outs.pop(0)] if outs else []
+        order += [ins.pop(0)] if ins else []
+    return order + even
+
+
 def _check_explicit(name: str, factors: Sequence[int]) -> None:
     if not factors or any((not isinstance(f, int)) or f < 1 for f in factors):
         raise TNConfigError(f"{name} factors must be a non-empty list of positive integers")
@@ -215,7 +233,9 @@ def tensorize(
         items = [(1, "o")]
 
     if max_leg_dim is not None:
-        legs = [[*leg, 0] for leg in _pack(items, max_leg_dim)]
+        legs = _interleave([[*leg, 0] for leg in _pack(items, max_leg_dim)])
+        in_padded = (chan_pad, kernel) if len(shape) == 4 else (chan_pad,)
+        return Tensorization(shape, in_sizes, out_pad, in_padded, tuple((o, i) for o, i, _ in legs))
     else:
         total = out_pad * chan_pad * kernel
         n = n_legs or round(math.log(max(total, 2)) / math.log(target_leg_dim))
