@@ -7,7 +7,7 @@ swaps them in only when every one of them was built, so a bad layer leaves the m
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -43,7 +43,6 @@ class Plan:
     totals: dict[str, Any]
     memory_budget: int | None = None
     source: str = ""
-    extra: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         return {"layers": [lp.record for lp in self.layers], "totals": self.totals}

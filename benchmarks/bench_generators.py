@@ -172,7 +172,14 @@ def to_markdown(rows: list[dict], meta: dict) -> str:
                 continue
             key = (r["layer"], r["target_ratio"], r["structure"])
             keyed.setdefault(key, {})[r.get("batch")] = r
-        for (layer, target, structure), by_batch in keyed.items():
+
+        def order(item):
+            (layer, target, structure), _ = item
+            known = layer in LAYERS and structure in STRUCTURES
+            pos = (list(LAYERS).index(layer), STRUCTURES.index(structure)) if known else (99, 99)
+            return pos[0], target, pos[1]
+
+        for (layer, target, structure), by_batch in sorted(keyed.items(), key=order):
             r = next(iter(by_batch.values()))
             if r.get("unreachable"):
                 lines.append(

@@ -142,7 +142,8 @@ def _pack(items: Sequence[tuple[int, str]], capacity: int) -> list[list[int]]:
 def _interleave(legs: list[list[int]]) -> list[list[int]]:
     """Alternate output-heavy and input-heavy legs (balanced ones after).
 
-    Small packed legs often carry only output or only input factors; alternating them makes the
+    Small packed legs (``leg_dim`` 4) often carry only output or only input factors; when most of
+    them do, the legs are alternated instead of sorted. Alternating them makes the
     first pairing of a tree or MERA join an output leg with an input leg, as a TT-matrix leg
     ``(o_k, i_k)`` would, instead of splitting the weight into an output half and an input half
     (which would bound its matrix rank by the top bond).
@@ -233,9 +234,12 @@ def tensorize(
         items = [(1, "o")]
 
     if max_leg_dim is not None:
-        legs = _interleave([[*leg, 0] for leg in _pack(items, max_leg_dim)])
-        in_padded = (chan_pad, kernel) if len(shape) == 4 else (chan_pad,)
-        return Tensorization(shape, in_sizes, out_pad, in_padded, tuple((o, i) for o, i, _ in legs))
+        legs = [[*leg, 0] for leg in _pack(items, max_leg_dim)]
+        if 2 * sum(1 for o, i, _ in legs if o == 1 or i == 1) > len(legs):  # mostly one-sided
+            legs = _interleave(legs)
+            in_padded = (chan_pad, kernel) if len(shape) == 4 else (chan_pad,)
+            pairs = tuple((o, i) for o, i, _ in legs)
+            return Tensorization(shape, in_sizes, out_pad, in_padded, pairs)
     else:
         total = out_pad * chan_pad * kernel
         n = n_legs or round(math.log(max(total, 2)) / math.log(target_leg_dim))

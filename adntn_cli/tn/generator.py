@@ -59,9 +59,11 @@ class TNGenerator(nn.Module):
         self.weight_shape = tuple(int(s) for s in weight_shape)
         self.tz = self.structure.tensorize(self.weight_shape, spec)
         self.network = self.structure.build(self.tz, spec)
-        self.program = Program(self.network)
         dtype = dtype or torch.get_default_dtype()
         budget = memory_budget if memory_budget is not None else default_memory_budget(device)
+        size = torch.empty((), dtype=dtype, device="meta").element_size()
+        # Paths never plan an intermediate larger than the budget; the total is checked below.
+        self.program = Program(self.network, memory_limit=max(1, budget // size))
         self._check_budget(budget, dtype)
         self.cores = nn.ParameterDict(
             {
