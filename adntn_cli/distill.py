@@ -115,7 +115,7 @@ def layerwise_fit(
     """
     device = torch.device(device)
     fit_names = [
-        n for n in names if not isinstance(student.get_submodule(n), nn.MultiheadAttention)
+        n for n in names if not isinstance(teacher.get_submodule(n), nn.MultiheadAttention)
     ]
     io = _capture(teacher, fit_names, batches, device)
     results = {}

@@ -96,3 +96,25 @@ def test_a_diverging_loss_stops_with_the_checkpoint_named(tmp_path):
         student[3].weight.fill_(float("nan"))
     with pytest.raises(TrainingDivergedError, match="last good checkpoint"):
         finetune(teacher, student, train, val, CFG, checkpoints=tmp_path)
+
+
+def test_layerwise_fit_leaves_attention_to_the_end_to_end_step():
+    class Tiny(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.attn = nn.MultiheadAttention(8, 2, batch_first=True)
+
+        def forward(self, x):
+            return self.attn(x, x, x)[0]
+
+    from adntn_cli.plan import compress_
+    from adntn_cli.recipe import parse_recipe
+
+    teacher = Tiny()
+    student = copy.deepcopy(teacher)
+    p = compress_(
+        student, parse_recipe({"version": 1, "layers": [{"select": "attn", "bond_dim": 2}]})
+    )
+    assert p.layers[0].record["schedule"] == "materialise"
+    assert layerwise_fit(teacher, student, ["attn"], [torch.randn(2, 5, 8)], steps=3, lr=1e-2) == {}
+    assert student(torch.randn(2, 5, 8)).shape == (2, 5, 8)
