@@ -11,8 +11,11 @@ Nothing here prints: progress goes to a callback, results are returned.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
+import signal
+import threading
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,7 +26,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader
 
-from .errors import TrainingDivergedError
+from .errors import RunInterrupted, TrainingDivergedError
 from .evaluate import accuracy
 from .recipe.schema import Finetune
 
@@ -201,6 +204,25 @@ def _schedule(total: int, warmup: int) -> Callable[[int], float]:
     return factor
 
 
+@contextlib.contextmanager
+def _deferred_signals():
+    """Turn SIGINT and SIGTERM into a flag checked between steps (main thread only)."""
+    caught: dict[str, str] = {}
+    if threading.current_thread() is not threading.main_thread():
+        yield caught
+        return
+
+    def handler(signum, _frame):
+        caught["name"] = signal.Signals(signum).name
+
+    previous = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield caught
+    finally:
+        for s, h in previous.items():
+            signal.signal(s, h)
+
+
 def finetune(
     teacher: nn.Module,
     student: nn.Module,
@@ -264,57 +286,60 @@ def finetune(
             )
         save_atomic(obj, path)
 
-    autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda")
-    student.train()
-    while state["step"] < total:
-        skip = state["step"] % per_epoch
-        if skip == 0:
-            state["epoch_rng"] = g.get_state()
-        else:
-            g.set_state(state["epoch_rng"])  # the same order as the interrupted epoch
-        for b, (x, y) in enumerate(train):
-            if b < skip:
-                continue
-            x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
-            with torch.no_grad(), autocast:
-                t_logits = teacher(x)
-            with autocast:
-                s_logits = student(x)
-            loss = kd_loss(s_logits, t_logits, y, cfg.temperature, cfg.kd_weight)
-            if not torch.isfinite(loss):
-                bad, at = float(loss.detach()), state["step"] + 1
-                raise TrainingDivergedError(
-                    f"the distillation loss became {bad} at step {at}; the last good checkpoint "
-                    f"is {last}; lower distill.finetune.lr (now {cfg.lr})"
-                )
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            if cfg.clip:
-                torch.nn.utils.clip_grad_norm_(params, cfg.clip)
-            opt.step()
-            sched.step()
-            state["step"] += 1
-            step = state["step"]
-            row = {"step": step, "loss": float(loss.detach()), "lr": sched.get_last_lr()[0]}
-            end_of_epoch = step % per_epoch == 0 or step == total
-            if val is not None and (
-                end_of_epoch or (cfg.eval_every and step % cfg.eval_every == 0)
-            ):
-                metrics = accuracy(student, val, device)
-                student.train()
-                row.update(val_top1=metrics["top1"], val_loss=metrics["loss"])
-                callback(Progress("eval", step, total, metrics))
-                if metrics["top1"] > state["best_top1"]:
-                    state["best_top1"] = metrics["top1"]
-                    save(best, full=False)
-            state["history"].append(row)
-            callback(Progress("finetune", step, total, row))
-            stopping = stop_after is not None and step >= stop_after
-            if step % cfg.checkpoint_every == 0 or step == total or stopping:
-                save(last)
-                callback(Progress("checkpoint", step, total, message=str(last)))
-            if stopping:
-                return {**state, "total": total, "interrupted": True}
-            if step >= total:
-                break
-    return {**state, "total": total, "interrupted": False}
+    with _deferred_signals() as caught:  # a signal is honoured between steps, after a save
+        autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda")
+        student.train()
+        while state["step"] < total:
+            skip = state["step"] % per_epoch
+            if skip == 0:
+                state["epoch_rng"] = g.get_state()
+            else:
+                g.set_state(state["epoch_rng"])  # the same order as the interrupted epoch
+            for b, (x, y) in enumerate(train):
+                if b < skip:
+                    continue
+                x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+                with torch.no_grad(), autocast:
+                    t_logits = teacher(x)
+                with autocast:
+                    s_logits = student(x)
+                loss = kd_loss(s_logits, t_logits, y, cfg.temperature, cfg.kd_weight)
+                if not torch.isfinite(loss):
+                    bad, at = float(loss.detach()), state["step"] + 1
+                    raise TrainingDivergedError(
+                        f"the distillation loss became {bad} at step {at}; the last good "
+                        f"checkpoint is {last}; lower distill.finetune.lr (now {cfg.lr})"
+                    )
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                if cfg.clip:
+                    torch.nn.utils.clip_grad_norm_(params, cfg.clip)
+                opt.step()
+                sched.step()
+                state["step"] += 1
+                step = state["step"]
+                row = {"step": step, "loss": float(loss.detach()), "lr": sched.get_last_lr()[0]}
+                end_of_epoch = step % per_epoch == 0 or step == total
+                if val is not None and (
+                    end_of_epoch or (cfg.eval_every and step % cfg.eval_every == 0)
+                ):
+                    metrics = accuracy(student, val, device)
+                    student.train()
+                    row.update(val_top1=metrics["top1"], val_loss=metrics["loss"])
+                    callback(Progress("eval", step, total, metrics))
+                    if metrics["top1"] > state["best_top1"]:
+                        state["best_top1"] = metrics["top1"]
+                        save(best, full=False)
+                state["history"].append(row)
+                callback(Progress("finetune", step, total, row))
+                stopping = stop_after is not None and step >= stop_after
+                if step % cfg.checkpoint_every == 0 or step == total or stopping or caught:
+                    save(last)
+                    callback(Progress("checkpoint", step, total, message=str(last)))
+                if caught:
+                    raise RunInterrupted(step, str(last), caught["name"])
+                if stopping:
+                    return {**state, "total": total, "interrupted": True}
+                if step >= total:
+                    break
+        return {**state, "total": total, "interrupted": False}

@@ -12,6 +12,7 @@ __all__ = [
     "ModelError",
     "RecipeError",
     "RunDirError",
+    "RunInterrupted",
     "SelectionError",
     "TrainingDivergedError",
 ]
@@ -43,3 +44,14 @@ class RunDirError(AdntnError):
 
 class TrainingDivergedError(AdntnError):
     """A NaN or inf loss; the last good checkpoint is kept and named in the message."""
+
+
+class RunInterrupted(Exception):
+    """Ctrl-C or SIGTERM during a run: the checkpoint was saved first (exit code 130)."""
+
+    def __init__(self, step: int, checkpoint: str, signal_name: str) -> None:
+        super().__init__(
+            f"{signal_name} at step {step}: checkpoint saved to {checkpoint}; "
+            "continue with --resume"
+        )
+        self.step, self.checkpoint = step, checkpoint

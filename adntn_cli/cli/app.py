@@ -42,7 +42,13 @@ def handle_errors(fn: F) -> F:
             return fn(*args, **kwargs)
         except typer.Exit:
             raise
+        except KeyboardInterrupt:
+            err.print("[bold red]interrupted[/] (nothing after the last checkpoint is kept)")
+            raise typer.Exit(130) from None
         except Exception as exc:
+            if type(exc).__name__ == "RunInterrupted":
+                err.print(f"[bold yellow]stopped:[/] {exc}", highlight=False, soft_wrap=True)
+                raise typer.Exit(130) from None
             if STATE["debug"]:
                 traceback.print_exc()
             if _is_user_error(exc):
