@@ -61,6 +61,14 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
+def relative_to_recipe(spec: str, recipe_file: Path) -> str:
+    """A data path written in a recipe is relative to the recipe file, not to the shell."""
+    kind, sep, path = spec.partition(":")
+    if sep and kind in ("imagefolder", "cifar10", "cifar100") and not Path(path).is_absolute():
+        return f"{kind}:{(recipe_file.parent / path).resolve()}"
+    return spec
+
+
 def new_run_dir(name: str, root: Path = Path("runs")) -> Path:
     """``runs/<name>-<n>`` with the first unused ``n``."""
     stem = re.sub(r"[^A-Za-z0-9_.-]+", "_", Path(name).stem)
@@ -169,6 +177,8 @@ def compress(
     data_spec = data or rec.data.train
     if not data_spec:
         raise DataError("no data: pass --data (e.g. digits, imagefolder:PATH) or set data.train")
+    if data is None and Path(recipe).is_file():
+        data_spec = relative_to_recipe(data_spec, Path(recipe))
 
     torch.manual_seed(seed)
     arch_name = arch or rec.model.arch

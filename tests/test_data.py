@@ -59,3 +59,12 @@ def test_missing_local_copies_are_refused_not_downloaded(tmp_path):
         make_datasets(f"cifar10:{tmp_path}", image_size=32)
     with pytest.raises(DataError, match="no train/ folder"):
         make_datasets(f"imagefolder:{tmp_path}", image_size=32)
+
+
+def test_data_paths_in_a_recipe_are_relative_to_the_recipe_file(tmp_path):
+    from adntn_cli.pipeline import relative_to_recipe
+
+    recipe = tmp_path / "sub" / "r.yaml"
+    assert relative_to_recipe("imagefolder:data/x", recipe) == f"imagefolder:{tmp_path}/sub/data/x"
+    assert relative_to_recipe("cifar10:/abs/c", recipe) == "cifar10:/abs/c"
+    assert relative_to_recipe("digits", recipe) == "digits"
