@@ -271,6 +271,7 @@ def finetune(
         if device.type == "cuda" and ckpt["rng"].get("cuda") is not None:
             torch.cuda.set_rng_state(ckpt["rng"]["cuda"], device)
         state = {k: ckpt[k] for k in ("step", "best_top1", "history", "epoch_rng")}
+        g.set_state(ckpt["rng"]["loader"])  # where the data order stood, epoch boundary or not
         callback(Progress("checkpoint", state["step"], total, message=f"resumed from {last}"))
 
     def save(path: Path, full: bool = True) -> None:
@@ -280,6 +281,7 @@ def finetune(
                 optimizer=opt.state_dict(),
                 scheduler=sched.state_dict(),
                 rng={
+                    "loader": g.get_state(),
                     "torch": torch.get_rng_state(),
                     "cuda": torch.cuda.get_rng_state(device) if device.type == "cuda" else None,
                 },

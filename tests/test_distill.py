@@ -69,15 +69,16 @@ def _setup(seed=0):
 CFG = Finetune(epochs=2, lr=1e-2, warmup=0.1, checkpoint_every=3)
 
 
-def test_an_interrupted_run_resumed_ends_with_the_same_weights(tmp_path):
+@pytest.mark.parametrize("stop", [5, 8, 13])  # mid-epoch, at an epoch boundary (8 per epoch)
+def test_an_interrupted_run_resumed_ends_with_the_same_weights(tmp_path, stop):
     teacher, student, train, val = _setup()
     whole = finetune(teacher, student, train, val, CFG, checkpoints=tmp_path / "a")
     expected = copy.deepcopy(student.state_dict())
     assert not whole["interrupted"] and whole["step"] == 16
 
     teacher, student, train, val = _setup()
-    part = finetune(teacher, student, train, val, CFG, checkpoints=tmp_path / "b", stop_after=5)
-    assert part["interrupted"] and part["step"] == 5
+    part = finetune(teacher, student, train, val, CFG, checkpoints=tmp_path / "b", stop_after=stop)
+    assert part["interrupted"] and part["step"] == stop
     teacher, student, train, val = _setup()  # fresh objects, as a new process would build
     with torch.no_grad():
         for p in student.parameters():
