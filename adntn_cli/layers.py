@@ -93,10 +93,6 @@ class GeneratedModule(nn.Module):
             dense.bias.copy_(self.bias)
         return dense
 
-    def _describe(self) -> str:
-        gens = self.generators().values()
-        return ", ".join(g.extra_repr() for g in gens)
-
 
 class GeneratedLinear(GeneratedModule):
     """``y = x W^T + b`` with ``W`` from a generator; the schedule is chosen per batch size."""
