@@ -19,9 +19,11 @@ from torch import nn
 
 from . import __version__
 from .errors import ModelError
+from .models import MAX_HEADER_BYTES, check_safetensors_header
 
 __all__ = [
     "FORMAT",
+    "MAX_HEADER_BYTES",
     "export_dense",
     "export_onnx",
     "file_report",
@@ -75,6 +77,7 @@ def read_metadata(path: Path) -> dict[str, str]:
     path = Path(path)
     if not path.exists():
         raise ModelError(f"{path}: no such file")
+    check_safetensors_header(path)
     try:
         with safe_open(str(path), "pt") as f:
             return dict(f.metadata() or {})

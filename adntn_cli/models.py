@@ -17,7 +17,9 @@ from .errors import ModelError
 
 __all__ = [
     "COMPRESSIBLE",
+    "MAX_HEADER_BYTES",
     "build_model",
+    "check_safetensors_header",
     "compressible_layers",
     "known_archs",
     "load_model",
@@ -25,6 +27,19 @@ __all__ = [
 ]
 
 COMPRESSIBLE = (nn.Linear, nn.Conv2d, nn.MultiheadAttention)
+MAX_HEADER_BYTES = 64 * 2**20  # a safetensors JSON header this large is not a model
+
+
+def check_safetensors_header(path: Path) -> None:
+    """Refuse a safetensors file whose declared header is absurd, before anything parses it."""
+    with Path(path).open("rb") as f:
+        head = f.read(8)
+    size = int.from_bytes(head, "little") if len(head) == 8 else -1
+    if not 0 < size <= min(MAX_HEADER_BYTES, Path(path).stat().st_size - 8):
+        raise ModelError(
+            f"{path}: not a readable safetensors file (header size {size} bytes; at most "
+            f"{MAX_HEADER_BYTES} and within the file)"
+        )
 
 
 def demo_vgg(num_classes: int = 10) -> nn.Module:
@@ -81,6 +96,7 @@ def build_model(
 
 def _state_dict(path: Path) -> dict[str, torch.Tensor]:
     if path.suffix == ".safetensors":
+        check_safetensors_header(path)
         from safetensors import SafetensorError
         from safetensors.torch import load_file
 

@@ -166,3 +166,13 @@ def test_cores_stored_in_bf16_load_and_stay_close(run, tmp_path):
         ya, yb = a(x), b(x)
     assert float((ya - yb).norm() / ya.norm()) < 0.05  # bf16 keeps ~3 significant digits
     assert bf["files"]["model_bytes"] < (out / "model.safetensors").stat().st_size
+
+
+def test_an_oversized_header_is_refused_before_parsing(tmp_path):
+    from adntn_cli.errors import ModelError
+    from adntn_cli.io import MAX_HEADER_BYTES, read_metadata
+
+    bad = tmp_path / "huge.safetensors"
+    bad.write_bytes((MAX_HEADER_BYTES + 1).to_bytes(8, "little") + b"{}")
+    with pytest.raises(ModelError, match="header size"):
+        read_metadata(bad)
