@@ -18,6 +18,8 @@ Source = Annotated[
 
 
 def measure(source: str, data: str, *, arch, num_classes, input_size, batch, device) -> dict:
+    import torch
+
     from ..data import loaders, make_datasets
     from ..evaluate import accuracy, count_params, latency, runtime_bytes
     from ..io import load_any
@@ -26,7 +28,8 @@ def measure(source: str, data: str, *, arch, num_classes, input_size, batch, dev
     dev = resolve_device(device)
     model, info = load_any(source, arch, num_classes, device=dev)
     size = input_size or info["input_size"] or 224
-    classes = model(torch_zeros(size, dev)).shape[-1]
+    with torch.no_grad():  # one probe forward: the classifier's size
+        classes = model(torch.zeros(1, 3, size, size, device=dev)).shape[-1]
     _, val = loaders(make_datasets(data, size, classes), batch)
     acc = accuracy(model, val, dev)
     result = {
@@ -46,12 +49,6 @@ def measure(source: str, data: str, *, arch, num_classes, input_size, batch, dev
         "input_size": size,
     }
     return result
-
-
-def torch_zeros(size: int, device):
-    import torch
-
-    return torch.zeros(1, 3, size, size, device=device)
 
 
 def _fmt_bytes(n) -> str:

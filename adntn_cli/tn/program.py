@@ -329,9 +329,6 @@ class Program:
             free = [n for n in own if specs[n].init == "normal"] or own
             final = k == len(self.steps) - 1
 
-            def pre(c=c) -> torch.Tensor:
-                return c.linear_part(self._operands(c, env))
-
             if final and c.activation.linear and free:
                 target = max(free, key=lambda n: env[n].numel())
                 with torch.enable_grad():
@@ -342,7 +339,7 @@ class Program:
                 norm2 = grad.pow(2).sum()
                 if norm2 > 0:
                     env[target].sub_(grad * (mean.detach() / norm2))
-            out = pre()
+            out = c.linear_part(self._operands(c, env))
             std = float((to_weight(out) if final else out).std())
             if free and math.isfinite(std) and std > 0:
                 factor = std ** (-1.0 / len(free))
