@@ -22,11 +22,18 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from torch.utils.data import DataLoader, Dataset, TensorDataset
+from torch.utils.data import DataLoader, Dataset, Sampler, TensorDataset
 
 from .errors import DataError
 
-__all__ = ["DataSpec", "Datasets", "loaders", "make_datasets", "parse_data_spec"]
+__all__ = [
+    "DataSpec",
+    "Datasets",
+    "EpochSampler",
+    "loaders",
+    "make_datasets",
+    "parse_data_spec",
+]
 
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 VALID = "digits, synthetic[:N], imagefolder:PATH, cifar10:PATH or cifar100:PATH"
@@ -163,6 +170,42 @@ def make_datasets(spec: str | DataSpec, image_size: int, num_classes: int = 10) 
     return _cifar(s.kind, s.path, image_size)
 
 
+class EpochSampler(Sampler[int]):
+    """A seeded shuffle whose order is a function of ``(seed, epoch)`` alone, startable mid-epoch.
+
+    Resuming needs the data order of the interrupted epoch without replaying it: ``set_epoch(e,
+    start)`` gives epoch ``e``'s permutation from sample ``start`` on, so the skipped samples are
+    never loaded (no image decoded, no augmentation drawn from the RNG). ``rank`` and ``world``
+    shard every epoch's permutation (rank r takes positions r, r + world, ...) for several
+    processes; each rank sees ``ceil(n / world)`` samples, the last ranks repeating the first
+    positions so that all ranks run the same number of steps.
+    """
+
+    def __init__(self, n: int, seed: int = 0, *, rank: int = 0, world: int = 1) -> None:
+        if not 0 <= rank < world:
+            raise ValueError(f"rank {rank} is not in 0..{world - 1}")
+        self.n, self.seed, self.rank, self.world = n, seed, rank, world
+        self.epoch, self.start = 0, 0
+
+    def set_epoch(self, epoch: int, start: int = 0) -> None:
+        """Iterate epoch ``epoch``'s order from its ``start``-th sample (of this rank's share)."""
+        self.epoch, self.start = epoch, start
+
+    def order(self, epoch: int) -> list[int]:
+        """This rank's share of epoch ``epoch``'s permutation, from the beginning."""
+        g = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
+        perm = torch.randperm(self.n, generator=g).tolist()
+        per_rank = -(-self.n // self.world)
+        perm += perm[: per_rank * self.world - self.n]  # pad so every rank gets per_rank
+        return perm[self.rank :: self.world]
+
+    def __iter__(self):
+        return iter(self.order(self.epoch)[self.start :])
+
+    def __len__(self) -> int:
+        return -(-self.n // self.world) - self.start
+
+
 def loaders(
     data: Datasets,
     batch_size: int,
@@ -170,10 +213,22 @@ def loaders(
     workers: int = 0,
     seed: int = 0,
     pin_memory: bool = False,
+    rank: int = 0,
+    world: int = 1,
 ) -> tuple[DataLoader, DataLoader]:
-    """Shuffled (seeded) training batches and in-order validation batches."""
-    g = torch.Generator().manual_seed(seed)
+    """Shuffled (seeded, resumable) training batches and in-order validation batches.
+
+    The training loader's sampler is an :class:`EpochSampler`; its ``generator`` (which seeds the
+    workers) is reseeded per epoch by ``finetune``, so nothing draws from torch's global RNG.
+    """
     common = {"num_workers": workers, "pin_memory": pin_memory, "persistent_workers": workers > 0}
-    train = DataLoader(data.train, batch_size, shuffle=True, generator=g, drop_last=False, **common)
-    val = DataLoader(data.val, batch_size, shuffle=False, **common)
+    sampler = EpochSampler(len(data.train), seed, rank=rank, world=world)
+    train = DataLoader(
+        data.train, batch_size, sampler=sampler, generator=torch.Generator().manual_seed(seed),
+        **common,
+    )  # fmt: skip
+    val = DataLoader(
+        data.val, batch_size, shuffle=False, generator=torch.Generator().manual_seed(seed),
+        **common,
+    )  # fmt: skip
     return train, val

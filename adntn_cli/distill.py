@@ -26,6 +26,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader
 
+from .data import EpochSampler
 from .errors import RunInterrupted, TrainingDivergedError
 from .evaluate import accuracy
 from .recipe.schema import Finetune
@@ -247,20 +248,17 @@ def finetune(
     teacher.eval()
     for p in teacher.parameters():
         p.requires_grad_(False)
+    sampler, g = train.sampler, train.generator
+    if not isinstance(sampler, EpochSampler) or g is None:
+        raise ValueError("finetune needs a DataLoader from data.loaders (an EpochSampler)")
+    sampler.set_epoch(0)
+    batch = train.batch_size
     per_epoch = len(train)
     total = max(1, math.ceil(cfg.epochs * per_epoch))
     params = [p for p in student.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, _schedule(total, round(cfg.warmup * total)))
-    g = train.generator
-    if g is None:
-        raise ValueError("finetune needs a DataLoader with a generator (see data.loaders)")
-    state: dict[str, Any] = {
-        "step": 0,
-        "best_top1": -1.0,
-        "history": [],
-        "epoch_rng": g.get_state(),
-    }
+    state: dict[str, Any] = {"step": 0, "best_top1": -1.0, "history": []}
     last, best = checkpoints / "last.pt", checkpoints / "best.pt"
     if resume and last.exists():
         ckpt = torch.load(last, map_location=device, weights_only=False)
@@ -270,8 +268,7 @@ def finetune(
         torch.set_rng_state(ckpt["rng"]["torch"])
         if device.type == "cuda" and ckpt["rng"].get("cuda") is not None:
             torch.cuda.set_rng_state(ckpt["rng"]["cuda"], device)
-        state = {k: ckpt[k] for k in ("step", "best_top1", "history", "epoch_rng")}
-        g.set_state(ckpt["rng"]["loader"])  # where the data order stood, epoch boundary or not
+        state = {k: ckpt[k] for k in ("step", "best_top1", "history")}
         callback(Progress("checkpoint", state["step"], total, message=f"resumed from {last}"))
 
     def save(path: Path, full: bool = True) -> None:
@@ -281,7 +278,6 @@ def finetune(
                 optimizer=opt.state_dict(),
                 scheduler=sched.state_dict(),
                 rng={
-                    "loader": g.get_state(),
                     "torch": torch.get_rng_state(),
                     "cuda": torch.cuda.get_rng_state(device) if device.type == "cuda" else None,
                 },
@@ -292,14 +288,12 @@ def finetune(
         autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda")
         student.train()
         while state["step"] < total:
-            skip = state["step"] % per_epoch
-            if skip == 0:
-                state["epoch_rng"] = g.get_state()
-            else:
-                g.set_state(state["epoch_rng"])  # the same order as the interrupted epoch
-            for b, (x, y) in enumerate(train):
-                if b < skip:
-                    continue
+            # The epoch's order is a function of (seed, epoch): a resumed run starts inside it
+            # without loading the batches it skips. The workers' seeds follow the epoch too.
+            epoch, done = divmod(state["step"], per_epoch)
+            sampler.set_epoch(epoch, start=done * batch)
+            g.manual_seed(sampler.seed * 1_000_003 + epoch)
+            for x, y in train:
                 x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
                 with torch.no_grad(), autocast:
                     t_logits = teacher(x)

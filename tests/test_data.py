@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from adntn_cli.data import loaders, make_datasets, parse_data_spec
+from adntn_cli.data import EpochSampler, loaders, make_datasets, parse_data_spec
 from adntn_cli.errors import DataError
 
 
@@ -25,6 +25,37 @@ def test_synthetic_and_loaders():
     assert xb.shape == (8, 3, 16, 16) and int(yb.max()) < 7
     again, _ = loaders(d, batch_size=8, seed=3)
     torch.testing.assert_close(next(iter(again))[0], xb)
+
+
+def test_epoch_sampler_order_depends_on_seed_and_epoch_only_and_starts_mid_epoch():
+    s = EpochSampler(10, seed=4)
+    first = list(s)
+    assert sorted(first) == list(range(10))
+    s.set_epoch(1)
+    second = list(s)
+    assert second != first and sorted(second) == list(range(10))
+    s.set_epoch(1, start=6)
+    assert list(s) == second[6:] and len(s) == 4
+    s.set_epoch(0)
+    assert list(s) == first  # no hidden state: epoch 0 again is epoch 0's order
+    assert list(EpochSampler(10, seed=5)) != first
+
+
+def test_epoch_sampler_shards_cover_every_sample_with_equal_shares():
+    shards = [EpochSampler(10, seed=1, rank=r, world=3) for r in range(3)]
+    orders = [list(s) for s in shards]
+    assert [len(o) for o in orders] == [4, 4, 4]
+    assert set().union(*orders) == set(range(10))
+    with pytest.raises(ValueError, match="rank 3"):
+        EpochSampler(10, rank=3, world=3)
+
+
+def test_loaders_leave_the_global_rng_alone():
+    d = make_datasets("synthetic:40", image_size=8)
+    train, val = loaders(d, batch_size=8, seed=3)
+    state = torch.get_rng_state()
+    list(train), list(val)
+    assert torch.equal(torch.get_rng_state(), state)
 
 
 def test_imagefolder(tmp_path):

@@ -49,7 +49,7 @@ def test_batchnorm_recalibration():
     assert not recalibrate_batchnorm(nn.Linear(2, 2), [x])
 
 
-def _setup(seed=0):
+def _setup(seed=0, n_train=60):
     torch.manual_seed(seed)
     teacher = nn.Sequential(nn.Linear(12, 32), nn.ReLU(), nn.Dropout(0.2), nn.Linear(32, 3))
     student = copy.deepcopy(teacher)
@@ -57,8 +57,8 @@ def _setup(seed=0):
     g = torch.Generator().manual_seed(1)
     x, y = torch.randn(72, 12, generator=g), torch.randint(0, 3, (72,), generator=g)
     data = Datasets(
-        torch.utils.data.TensorDataset(x[:60], y[:60]),
-        torch.utils.data.TensorDataset(x[60:], y[60:]),
+        torch.utils.data.TensorDataset(x[:n_train], y[:n_train]),
+        torch.utils.data.TensorDataset(x[n_train:], y[n_train:]),
         3,
         "toy",
     )
@@ -69,17 +69,21 @@ def _setup(seed=0):
 CFG = Finetune(epochs=2, lr=1e-2, warmup=0.1, checkpoint_every=3)
 
 
-@pytest.mark.parametrize("stop", [5, 8, 13])  # mid-epoch, at an epoch boundary (8 per epoch)
-def test_an_interrupted_run_resumed_ends_with_the_same_weights(tmp_path, stop):
-    teacher, student, train, val = _setup()
+@pytest.mark.parametrize(
+    "stop,n_train",
+    [(5, 60), (8, 60), (13, 60), (8, 64), (11, 64)],
+)  # 8 batches per epoch: mid-epoch, at an epoch boundary, with a partial last batch or without
+def test_an_interrupted_run_resumed_ends_with_the_same_weights(tmp_path, stop, n_train):
+    teacher, student, train, val = _setup(n_train=n_train)
     whole = finetune(teacher, student, train, val, CFG, checkpoints=tmp_path / "a")
     expected = copy.deepcopy(student.state_dict())
     assert not whole["interrupted"] and whole["step"] == 16
 
-    teacher, student, train, val = _setup()
+    teacher, student, train, val = _setup(n_train=n_train)
     part = finetune(teacher, student, train, val, CFG, checkpoints=tmp_path / "b", stop_after=stop)
     assert part["interrupted"] and part["step"] == stop
-    teacher, student, train, val = _setup()  # fresh objects, as a new process would build
+    # fresh objects, as a new process would build them
+    teacher, student, train, val = _setup(n_train=n_train)
     with torch.no_grad():
         for p in student.parameters():
             p.normal_()  # nothing of the student may survive but the checkpoint
