@@ -61,7 +61,7 @@ def test_unknown_recipe_name_lists_the_shipped_ones():
         load_recipe("nope")
 
 
-@pytest.mark.parametrize("name", ["demo", "vgg16", "alexnet"])
+@pytest.mark.parametrize("name", ["demo", "vgg16", "alexnet", "vgg16-10", "alexnet-10"])
 def test_shipped_recipes_load_by_name(name):
     assert name in shipped_recipes()
     recipe, source = load_recipe(name)
