@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import contextlib
 import math
-import os
 import signal
 import threading
 from collections.abc import Callable, Iterable, Sequence
@@ -26,8 +25,9 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader
 
+from .atomic import torch_bytes, write_bytes
 from .data import EpochSampler
-from .errors import RunInterrupted, TrainingDivergedError
+from .errors import CheckpointError, RunInterrupted, TrainingDivergedError
 from .evaluate import accuracy
 from .recipe.schema import Finetune
 
@@ -36,7 +36,9 @@ __all__ = [
     "finetune",
     "kd_loss",
     "layerwise_fit",
+    "load_checkpoint",
     "recalibrate_batchnorm",
+    "restore",
     "save_atomic",
 ]
 
@@ -60,11 +62,39 @@ def _quiet(_: Progress) -> None:
 
 
 def save_atomic(obj: Any, path: Path) -> None:
-    """``torch.save`` to a temporary file beside ``path``, then rename: never half a file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
+    """``torch.save`` to a temporary file beside ``path``, then rename: never half a file.
+
+    A full disk raises ``DiskFullError`` with the temporary file removed and the previous
+    checkpoint intact (see ``adntn_cli.atomic``).
+    """
+    write_bytes(path, torch_bytes(obj))
+
+
+def load_checkpoint(path: Path, device: torch.device | str = "cpu") -> dict[str, Any]:
+    """A checkpoint written by ``save_atomic``, read without unpickling code (tensors, numbers,
+    strings and containers only); a damaged file is a ``CheckpointError``."""
+    try:
+        obj = torch.load(path, map_location=device, weights_only=True)
+    except Exception as err:  # torch raises many types for a damaged file
+        first = (str(err).strip().splitlines() or [type(err).__name__])[0]
+        raise CheckpointError(
+            f"{path}: not a readable adntn checkpoint ({first[:200]}); start over with --force"
+        ) from None
+    if not isinstance(obj, dict) or "model" not in obj:
+        raise CheckpointError(f"{path}: not an adntn checkpoint; start over with --force")
+    return obj
+
+
+def restore(module: nn.Module, state: dict[str, Any], path: Path) -> None:
+    """Load a checkpoint's weights; a checkpoint of another recipe is a ``CheckpointError``."""
+    try:
+        module.load_state_dict(state)
+    except RuntimeError as err:
+        detail = " ".join(str(err).split())[:300]
+        raise CheckpointError(
+            f"{path} does not fit the model this recipe builds ({detail}); resume with the "
+            "recipe and model of that run, or start over with --force"
+        ) from None
 
 
 # -- step 1: layer-wise -------------------------------------------------------------------------
@@ -261,8 +291,8 @@ def finetune(
     state: dict[str, Any] = {"step": 0, "best_top1": -1.0, "history": []}
     last, best = checkpoints / "last.pt", checkpoints / "best.pt"
     if resume and last.exists():
-        ckpt = torch.load(last, map_location=device, weights_only=False)
-        student.load_state_dict(ckpt["model"])
+        ckpt = load_checkpoint(last, device)
+        restore(student, ckpt["model"], last)
         opt.load_state_dict(ckpt["optimizer"])
         sched.load_state_dict(ckpt["scheduler"])
         torch.set_rng_state(ckpt["rng"]["torch"])

@@ -6,16 +6,32 @@ prints them in one or two lines and exits with code 2. Anything else is an inter
 
 from __future__ import annotations
 
+import reprlib
+from typing import Any
+
 __all__ = [
     "AdntnError",
+    "CheckpointError",
     "DataError",
+    "DiskFullError",
     "ModelError",
     "RecipeError",
     "RunDirError",
     "RunInterrupted",
     "SelectionError",
     "TrainingDivergedError",
+    "UnsafeFileError",
+    "WriteError",
+    "brief",
 ]
+
+_REPR = reprlib.Repr()
+_REPR.maxstring = _REPR.maxother = 40
+
+
+def brief(value: Any) -> str:
+    """``repr(value)`` cut to a readable length: values quoted in messages come from users."""
+    return _REPR.repr(value)
 
 
 class AdntnError(ValueError):
@@ -36,6 +52,28 @@ class ModelError(AdntnError):
 
 class DataError(AdntnError):
     """A data source that cannot be found or read."""
+
+
+class UnsafeFileError(ModelError):
+    """A file over adntn's size limits (safetensors header or metadata): refused unparsed."""
+
+
+class CheckpointError(AdntnError):
+    """A checkpoint that cannot be read, or that does not fit the model the recipe builds."""
+
+
+class WriteError(AdntnError):
+    """An output that could not be written (permissions, a missing disk); nothing half-written
+    is left behind."""
+
+    def __init__(self, message: str, path: str, errno: int | None = None) -> None:
+        super().__init__(message)
+        self.path, self.errno = path, errno
+
+
+class DiskFullError(WriteError):
+    """No space left on the device: the temporary file was removed and the previous file, if
+    any, is intact."""
 
 
 class RunDirError(AdntnError):

@@ -18,12 +18,14 @@ import torch
 from torch import nn
 
 from . import __version__
-from .errors import ModelError
+from .atomic import temp_path, torch_bytes, write_bytes
+from .errors import ModelError, UnsafeFileError
 from .models import MAX_HEADER_BYTES, check_safetensors_header
 
 __all__ = [
     "FORMAT",
     "MAX_HEADER_BYTES",
+    "MAX_METADATA_BYTES",
     "export_dense",
     "export_onnx",
     "file_report",
@@ -36,6 +38,7 @@ __all__ = [
 
 FORMAT = "adntn/1"
 FORMAT_VERSION = 1
+MAX_METADATA_BYTES = 1 * 2**20  # adntn writes a few KiB: the resolved recipe is the largest part
 
 
 def save_compressed(
@@ -48,7 +51,7 @@ def save_compressed(
     dtype: torch.dtype | None = None,
 ) -> int:
     """Write ``model`` to ``path`` (cores in float32, or ``dtype``); returns the file size."""
-    from safetensors.torch import save_file
+    from safetensors.torch import save
 
     tensors = {}
     for key, value in model.state_dict().items():
@@ -63,11 +66,7 @@ def save_compressed(
         "num_classes": str(num_classes),
         "recipe": json.dumps(recipe, sort_keys=True),
     }
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    save_file(tensors, str(tmp), metadata=metadata)
-    os.replace(tmp, path)
-    return path.stat().st_size
+    return write_bytes(path, save(tensors, metadata=metadata))
 
 
 def read_metadata(path: Path) -> dict[str, str]:
@@ -80,9 +79,16 @@ def read_metadata(path: Path) -> dict[str, str]:
     check_safetensors_header(path)
     try:
         with safe_open(str(path), "pt") as f:
-            return dict(f.metadata() or {})
+            meta = dict(f.metadata() or {})
     except Exception as err:  # safetensors raises its own error types for a damaged file
         raise ModelError(f"{path}: not a readable safetensors file ({err})") from None
+    size = sum(len(k.encode()) + len(v.encode()) for k, v in meta.items())
+    if size > MAX_METADATA_BYTES:
+        raise UnsafeFileError(
+            f"{path}: its metadata holds {size:,} bytes, over the limit of "
+            f"{MAX_METADATA_BYTES:,} (adntn writes a few KiB); refused unread"
+        )
+    return meta
 
 
 def is_compressed(path: Path) -> bool:
@@ -92,6 +98,8 @@ def is_compressed(path: Path) -> bool:
         return False
     try:
         return read_metadata(path).get("format", "").startswith("adntn/")
+    except UnsafeFileError:
+        raise
     except ModelError:
         return False
 
@@ -125,6 +133,23 @@ def _check_keys(path: Path, model: nn.Module, keys) -> None:
         raise ModelError(f"{path}: missing keys {missing}, unexpected keys {unexpected}")
 
 
+def _read_adntn(path: Path) -> tuple[dict[str, str], Any, int]:
+    """The metadata of an adntn file, checked: (metadata, embedded recipe, num_classes)."""
+    from .recipe import parse_recipe
+
+    meta = read_metadata(path)
+    _check_format(path, meta)
+    try:
+        recipe = parse_recipe(json.loads(meta["recipe"]), f"{path} (embedded recipe)")
+        num_classes = int(meta["num_classes"])
+    except (ValueError, RecursionError) as err:  # JSONDecodeError, RecipeError: ValueErrors
+        detail = str(err).splitlines()[0][:300] if str(err) else type(err).__name__
+        raise ModelError(f"{path}: damaged adntn metadata ({detail})") from None
+    if num_classes < 1:
+        raise ModelError(f"{path}: damaged adntn metadata (num_classes {num_classes})")
+    return meta, recipe, num_classes
+
+
 def load_compressed(path: Path, device: str | torch.device = "cpu") -> nn.Module:
     """Rebuild the compressed model from ``path`` alone (no pickle), in eval mode.
 
@@ -135,16 +160,9 @@ def load_compressed(path: Path, device: str | torch.device = "cpu") -> nn.Module
 
     from .models import build_model
     from .plan import apply_plan, plan
-    from .recipe import parse_recipe
 
     path = Path(path)
-    meta = read_metadata(path)
-    _check_format(path, meta)
-    try:
-        recipe = parse_recipe(json.loads(meta["recipe"]), f"{path} (embedded recipe)")
-        num_classes = int(meta["num_classes"])
-    except (json.JSONDecodeError, ValueError) as err:
-        raise ModelError(f"{path}: damaged adntn metadata ({err})") from None
+    meta, recipe, num_classes = _read_adntn(path)
     model = build_model(meta["arch"], num_classes, device="meta")
     apply_plan(model, plan(model, recipe, source=str(path)))
     try:
@@ -176,13 +194,11 @@ def load_any(
     """A compressed file, a dense state dict or ``torchvision:NAME``; returns it and facts about it
     (``kind``, ``file_bytes``, ``arch``, ``input_size`` where known)."""
     from .models import load_model
-    from .recipe import parse_recipe
 
     path = Path(source)
     if is_compressed(path):
-        meta = read_metadata(path)
         model = load_compressed(path, device)
-        recipe = parse_recipe(json.loads(meta["recipe"]))
+        meta, recipe, _ = _read_adntn(path)
         info = {"kind": "compressed", "arch": meta["arch"], "input_size": recipe.model.input_size}
     else:
         model = load_model(source, arch, num_classes, allow_pickle=allow_pickle, device=device)
@@ -201,56 +217,49 @@ def export_dense(source: Path, out: Path) -> int:
         raise ModelError(f"--dense {out}: use a .safetensors, .pt or .pth file name")
     model = densify_(load_compressed(source))
     state = {k: v.detach().contiguous().clone() for k, v in model.state_dict().items()}
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.tmp{os.getpid()}")
     if out.suffix == ".safetensors":
-        from safetensors.torch import save_file
+        from safetensors.torch import save
 
         meta = read_metadata(source)
-        save_file(state, str(tmp), metadata={"arch": meta["arch"], "from": str(source)})
-    else:
-        torch.save(state, tmp)
-    os.replace(tmp, out)
-    return out.stat().st_size
+        return write_bytes(out, save(state, metadata={"arch": meta["arch"], "from": str(source)}))
+    return write_bytes(out, torch_bytes(state))
 
 
 def export_onnx(source: Path, out: Path, input_size: int | None = None) -> int:
     """The dense form of ``source`` as ONNX (needs the onnx package); returns the file size."""
     from .plan import densify_
-    from .recipe import parse_recipe
 
     try:
         import onnx  # noqa: F401
     except ImportError:
         raise ModelError("--onnx needs the onnx package (pip install onnx)") from None
-    meta = read_metadata(source)
-    size = input_size or parse_recipe(json.loads(meta["recipe"])).model.input_size
+    meta, recipe, _ = _read_adntn(Path(source))
+    size = input_size or recipe.model.input_size
     model = densify_(load_compressed(source))
     dummy = torch.randn(1, 3, size, size)
+    out = Path(out)
+    tmp = temp_path(out)  # exported beside ``out``, renamed when complete
     try:
         torch.onnx.export(
-            model, (dummy,), str(out), input_names=["images"], output_names=["logits"]
+            model, (dummy,), str(tmp), input_names=["images"], output_names=["logits"]
         )
+        os.replace(tmp, out)
     except Exception as err:  # exporters fail in many ways; say which
+        tmp.unlink(missing_ok=True)
         raise ModelError(f"ONNX export of {meta['arch']} failed: {err}") from None
-    return Path(out).stat().st_size
+    return out.stat().st_size
 
 
 def file_report(path: Path) -> dict[str, Any]:
     """What a compressed file holds, from the file alone: per-layer records and totals."""
-    from .models import build_model
-    from .plan import plan
-    from .recipe import parse_recipe
-
-    path = Path(path)
-    meta = read_metadata(path)
-    _check_format(path, meta)
-    recipe = parse_recipe(json.loads(meta["recipe"]), f"{path} (embedded recipe)")
     from safetensors import safe_open
 
-    from .plan import apply_plan
+    from .models import build_model
+    from .plan import apply_plan, plan
 
-    model = build_model(meta["arch"], int(meta["num_classes"]), device="meta")
+    path = Path(path)
+    meta, recipe, num_classes = _read_adntn(path)
+    model = build_model(meta["arch"], num_classes, device="meta")
     p = plan(model, recipe, source=str(path))
     with safe_open(str(path), "pt") as f:
         _check_keys(path, apply_plan(model, p), list(f.keys()))

@@ -7,6 +7,7 @@ needed (plans) models are built on the meta device, so even VGG-16 costs no memo
 from __future__ import annotations
 
 import difflib
+import re
 from collections.abc import Callable
 from pathlib import Path
 
@@ -19,6 +20,7 @@ __all__ = [
     "COMPRESSIBLE",
     "MAX_HEADER_BYTES",
     "build_model",
+    "check_readable",
     "check_safetensors_header",
     "compressible_layers",
     "known_archs",
@@ -30,10 +32,31 @@ COMPRESSIBLE = (nn.Linear, nn.Conv2d, nn.MultiheadAttention)
 MAX_HEADER_BYTES = 64 * 2**20  # a safetensors JSON header this large is not a model
 
 
+def unreadable(path: Path, err: OSError, what: str = "file") -> ModelError:
+    """An OSError on reading ``path`` as the user's error: what went wrong and what to do."""
+    if isinstance(err, IsADirectoryError) or Path(path).is_dir():
+        return ModelError(f"{path} is a directory: name the {what} itself")
+    if isinstance(err, PermissionError):
+        return ModelError(f"cannot read {path}: permission denied; make the {what} readable")
+    return ModelError(f"cannot read {path}: {err.strerror or err}")
+
+
+def check_readable(path: Path, what: str = "model file") -> None:
+    """Raise ``ModelError`` unless ``path`` is a file this process can open and read."""
+    try:
+        with Path(path).open("rb") as f:
+            f.read(1)
+    except OSError as err:
+        raise unreadable(path, err, what) from None
+
+
 def check_safetensors_header(path: Path) -> None:
     """Refuse a safetensors file whose declared header is absurd, before anything parses it."""
-    with Path(path).open("rb") as f:
-        head = f.read(8)
+    try:
+        with Path(path).open("rb") as f:
+            head = f.read(8)
+    except OSError as err:
+        raise unreadable(path, err, "safetensors file") from None
     size = int.from_bytes(head, "little") if len(head) == 8 else -1
     if not 0 < size <= min(MAX_HEADER_BYTES, Path(path).stat().st_size - 8):
         raise ModelError(
@@ -83,6 +106,8 @@ def build_model(
     """``arch`` (a torchvision classification model or ``demo_vgg``) with random weights."""
     import torchvision
 
+    if not isinstance(num_classes, int) or num_classes < 1:
+        raise ModelError(f"num_classes {num_classes!r}: the classifier needs at least 1 class")
     with torch.device(device):
         if arch in CUSTOM:
             return CUSTOM[arch](num_classes=num_classes)
@@ -106,18 +131,38 @@ def _state_dict(path: Path) -> dict[str, torch.Tensor]:
             raise ModelError(f"{path}: not a readable safetensors file ({err})") from None
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
+    except OSError as err:
+        raise unreadable(path, err) from None
     except Exception as err:  # torch raises many types for a bad or pickled file
-        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise ModelError(
-            f"{path}: cannot load a state dict ({first}); a pickled whole model needs "
-            "--allow-pickle (pickle runs code: only for files you trust)"
-        ) from None
+        raise _load_error(path, err) from None
     for key in ("state_dict", "model", "model_state_dict"):
         if isinstance(obj, dict) and isinstance(obj.get(key), dict):
             obj = obj[key]
     if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
         raise ModelError(f"{path}: expected a state dict of tensors")
     return obj
+
+
+def _load_error(path: Path, err: Exception) -> ModelError:
+    """Why ``torch.load(path, weights_only=True)`` failed, in one line with the way out."""
+    import zipfile
+
+    text = " ".join(str(err).split())
+    pickled = re.search(r"Unsupported global: GLOBAL ([\w.]+)", text)
+    if pickled:
+        return ModelError(
+            f"{path} pickles {pickled.group(1)}, not only tensors (a whole model?): "
+            "--allow-pickle loads it (pickle runs code: only for files you trust)"
+        )
+    if "central directory" in text or "zip archive" in text:
+        return ModelError(f"{path}: the file is truncated or corrupted (its zip archive is broken)")
+    if not zipfile.is_zipfile(path):
+        return ModelError(
+            f"{path} is not a state dict written by torch.save (nor a .safetensors file); a "
+            "pickled whole model needs --allow-pickle (pickle runs code: only for trusted files)"
+        )
+    first = text[:200] or type(err).__name__
+    return ModelError(f"{path}: cannot load a state dict ({first})")
 
 
 def load_model(
@@ -134,12 +179,19 @@ def load_model(
     pickled whole model is loaded only with ``allow_pickle`` (pickle runs code).
     """
     if source.startswith("torchvision:"):
-        return build_model(source.split(":", 1)[1], num_classes or 1000, device)
+        return build_model(
+            source.split(":", 1)[1], 1000 if num_classes is None else num_classes, device
+        )
     path = Path(source)
     if not path.exists():
         raise ModelError(f"model {source!r} is neither a file nor torchvision:NAME")
+    check_readable(path)
     if allow_pickle:
-        model = torch.load(path, map_location=device, weights_only=False)
+        try:
+            model = torch.load(path, map_location=device, weights_only=False)
+        except Exception as err:  # unpickling fails in many ways; say which
+            first = " ".join(str(err).split())[:200] or type(err).__name__
+            raise ModelError(f"{path}: cannot unpickle a model ({first})") from None
         if not isinstance(model, nn.Module):
             raise ModelError(f"{path}: --allow-pickle expects a pickled nn.Module")
         return model

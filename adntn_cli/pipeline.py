@@ -22,13 +22,16 @@ import torch
 import yaml
 
 from . import __version__
+from .atomic import write_text
 from .data import loaders, make_datasets
 from .distill import (
     Callback,
     Progress,
     finetune,
     layerwise_fit,
+    load_checkpoint,
     recalibrate_batchnorm,
+    restore,
     save_atomic,
 )
 from .errors import AdntnError, DataError, RunDirError
@@ -39,7 +42,7 @@ from .plan import Plan, apply_plan, plan
 from .recipe import Recipe, load_recipe
 from .report import metrics_csv, to_markdown
 
-__all__ = ["compress", "new_run_dir", "prepare_run_dir", "resolve_device"]
+__all__ = ["check_run_dir", "compress", "new_run_dir", "prepare_run_dir", "resolve_device"]
 
 
 def resolve_device(name: str) -> torch.device:
@@ -78,17 +81,30 @@ def new_run_dir(name: str, root: Path = Path("runs")) -> Path:
     return root / f"{stem}-{n}"
 
 
-def prepare_run_dir(out: Path, *, resume: bool, force: bool) -> Path:
-    """Refuse a non-empty directory unless resuming it or starting it over."""
+def check_run_dir(out: Path, *, resume: bool, force: bool) -> bool:
+    """Refuse a non-empty directory unless resuming it or starting it over; changes nothing.
+    Returns whether ``out`` holds files."""
     if resume and force:
         raise RunDirError("--resume and --force contradict each other: pick one")
+    if out.exists() and not out.is_dir():
+        raise RunDirError(f"--out {out} is a file: name a directory")
     busy = out.exists() and any(out.iterdir())
     if busy and not (resume or force):
         raise RunDirError(
             f"{out} is not empty: pass --resume to continue that run or --force to start over"
         )
+    return busy
+
+
+def prepare_run_dir(out: Path, *, resume: bool, force: bool) -> Path:
+    """``check_run_dir``, then empty it (``force``) or drop the temporary files of a killed
+    run (``resume``), and create it."""
+    busy = check_run_dir(out, resume=resume, force=force)
     if busy and force:
         shutil.rmtree(out)
+    if busy and resume:
+        for stale in [*out.glob(".*.tmp*"), *out.glob("checkpoints/.*.tmp*")]:
+            stale.unlink(missing_ok=True)
     out.mkdir(parents=True, exist_ok=True)
     return out
 
@@ -168,18 +184,19 @@ def compress(
     dtypes = {"float32": None, "bfloat16": torch.bfloat16}
     if cores_dtype not in dtypes:
         raise AdntnError(f"cores dtype {cores_dtype!r} is not offered; valid: float32, bfloat16")
+    if not 0 <= seed < 2**32:
+        raise AdntnError(f"--seed {seed}: a seed is a whole number from 0 to {2**32 - 1}")
     rec, source = load_recipe(recipe)
     dev = resolve_device(device)
-    run_dir = prepare_run_dir(
-        Path(out) if out is not None else new_run_dir(source), resume=resume, force=force
-    )
-    ckpt_dir = run_dir / "checkpoints"
+    out_dir = Path(out) if out is not None else new_run_dir(source)
+    check_run_dir(out_dir, resume=resume, force=force)
     data_spec = data or rec.data.train
     if not data_spec:
         raise DataError("no data: pass --data (e.g. digits, imagefolder:PATH) or set data.train")
     if data is None and Path(recipe).is_file():
         data_spec = relative_to_recipe(data_spec, Path(recipe))
 
+    # Everything a user can get wrong is checked before the run directory is touched.
     torch.manual_seed(seed)
     arch_name = arch or rec.model.arch
     from_file = not model.startswith("torchvision:")
@@ -192,8 +209,11 @@ def compress(
     )
     arch_name = arch_name or model.split(":", 1)[-1]
     teacher.eval()
+    the_plan = plan(teacher, rec, source=source, batch=rec.data.batch_size)  # pure
     num_classes = rec.model.num_classes
     datasets = make_datasets(data_spec, rec.model.input_size, num_classes)
+    run_dir = prepare_run_dir(out_dir, resume=resume, force=force)
+    ckpt_dir = run_dir / "checkpoints"
     train, val = loaders(
         datasets, rec.data.batch_size, workers=rec.data.workers, seed=seed,
         pin_memory=dev.type == "cuda",
@@ -203,15 +223,14 @@ def compress(
     dense_acc = accuracy(teacher, val, dev)
 
     student = copy.deepcopy(teacher)
-    the_plan = plan(student, rec, source=source, batch=rec.data.batch_size)
     apply_plan(student, the_plan, generator=torch.Generator().manual_seed(seed))
     student.to(dev)
     names = [lp.layer for lp in the_plan.layers]
 
     stage = ckpt_dir / "layerwise.pt"
     if resume and stage.exists():
-        saved = torch.load(stage, map_location=dev, weights_only=False)
-        student.load_state_dict(saved["model"])
+        saved = load_checkpoint(stage, dev)
+        restore(student, saved["model"], stage)
         fit, recalibrated = saved["errors"], saved["batchnorm"]
         cb(Progress("layerwise", 1, 1, message=f"resumed after the layer-wise fit ({stage})"))
     else:
@@ -233,7 +252,7 @@ def compress(
         )  # fmt: skip
         best = ckpt_dir / "best.pt"
         if not history["interrupted"] and best.exists():
-            student.load_state_dict(torch.load(best, map_location=dev, weights_only=False)["model"])
+            restore(student, load_checkpoint(best, dev)["model"], best)
 
     comp_acc = accuracy(student, val, dev)
     resolved = resolved_recipe(rec, the_plan)
@@ -272,10 +291,10 @@ def compress(
         "files": {"model": str(model_path), "model_bytes": size},
         "seconds": round(time.time() - started, 1),
     }
-    (run_dir / "report.json").write_text(json.dumps(report, indent=1) + "\n")
-    (run_dir / "report.md").write_text(to_markdown(report))
-    (run_dir / "metrics.csv").write_text(metrics_csv(history["history"]))
-    (run_dir / "recipe.resolved.yaml").write_text(yaml.safe_dump(resolved, sort_keys=False))
+    write_text(run_dir / "report.json", json.dumps(report, indent=1) + "\n")
+    write_text(run_dir / "report.md", to_markdown(report))
+    write_text(run_dir / "metrics.csv", metrics_csv(history["history"]))
+    write_text(run_dir / "recipe.resolved.yaml", yaml.safe_dump(resolved, sort_keys=False))
     report["run_dir"] = str(run_dir)
     return report
 

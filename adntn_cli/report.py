@@ -4,7 +4,11 @@ from __future__ import annotations
 
 import csv
 import io
+from pathlib import Path
 from typing import Any
+
+from .atomic import write_bytes
+from .errors import AdntnError
 
 __all__ = ["metrics_csv", "plot", "to_markdown"]
 
@@ -121,5 +125,12 @@ def plot(report: dict[str, Any], path: str) -> None:
         f"whole model {t['ratio']:,.1f}x"
     )
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    fmt = Path(path).suffix.lstrip(".").lower() or "png"
+    if fmt not in fig.canvas.get_supported_filetypes():
+        plt.close(fig)
+        valid = ", ".join(sorted(fig.canvas.get_supported_filetypes()))
+        raise AdntnError(f"--plot {path}: cannot draw a .{fmt} file; valid suffixes: {valid}")
+    buf = io.BytesIO()  # drawn in memory, then written atomically
+    fig.savefig(buf, format=fmt, dpi=120)
     plt.close(fig)
+    write_bytes(path, buf.getbuffer())

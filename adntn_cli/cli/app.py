@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import functools
 import sys
 import traceback
@@ -12,6 +13,7 @@ import typer
 from rich.console import Console
 
 from .. import __version__
+from ..atomic import FULL
 
 app = typer.Typer(
     name="adntn",
@@ -33,6 +35,23 @@ def _is_user_error(exc: BaseException) -> bool:
     return any(c.__name__ in USER_ERRORS for c in type(exc).__mro__)
 
 
+def _is_path_error(exc: BaseException) -> bool:
+    """An OSError about a path the user gave (a data folder, an output): their input, exit 2."""
+    return isinstance(exc, OSError) and (
+        exc.filename is not None or exc.errno in FULL
+    )
+
+
+def _path_error(exc: OSError) -> str:
+    if exc.errno in FULL:
+        where = f" while writing {exc.filename}" if exc.filename else ""
+        return f"no space left on device{where}: free space and run again"
+    what = {errno.EACCES: "permission denied", errno.EPERM: "permission denied"}.get(
+        exc.errno or 0, exc.strerror or type(exc).__name__
+    )
+    return f"{exc.filename}: {what}; check the path and its permissions"
+
+
 def handle_errors(fn: F) -> F:
     """Bad input: its message on stderr and exit 2; anything else: exit 1 (traceback: --debug)."""
 
@@ -51,8 +70,9 @@ def handle_errors(fn: F) -> F:
                 raise typer.Exit(130) from None
             if STATE["debug"]:
                 traceback.print_exc()
-            if _is_user_error(exc):
-                for line in str(exc).splitlines():
+            if _is_user_error(exc) or _is_path_error(exc):
+                message = _path_error(exc) if isinstance(exc, OSError) else str(exc)
+                for line in message.splitlines():
                     err.print(f"[bold red]error:[/] {line}", highlight=False, soft_wrap=True)
                 raise typer.Exit(2) from None
             err.print(

@@ -66,7 +66,7 @@ def layers(
     ]
     if template_:
         name = arch or model.split(":", 1)[-1]
-        classes = num_classes or 1000
+        classes = 1000 if num_classes is None else num_classes
         typer.echo(template(name, classes, rows), nl=False)
     elif json_:
         typer.echo(json.dumps({"layers": rows}, indent=1))

@@ -63,7 +63,9 @@ def plan(
     from ..tn import format_bytes
 
     rec, source = load_recipe(recipe)
-    net = meta_model(model, arch or rec.model.arch, num_classes or rec.model.num_classes)
+    net = meta_model(
+        model, arch or rec.model.arch, rec.model.num_classes if num_classes is None else num_classes
+    )
     budget = int(memory_gb * 2**30) if memory_gb else None
     p = make_plan(net, rec, source=source, memory_budget=budget, batch=batch)
     if json_:

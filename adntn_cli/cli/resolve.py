@@ -12,9 +12,11 @@ def meta_model(model: str, arch: str | None, num_classes: int | None):
     from ..models import build_model
 
     if model.startswith("torchvision:"):
-        return build_model(model.split(":", 1)[1], num_classes or 1000, device="meta")
+        return build_model(
+            model.split(":", 1)[1], 1000 if num_classes is None else num_classes, device="meta"
+        )
     if not Path(model).exists():
         raise ModelError(f"model {model!r} is neither a file nor torchvision:NAME")
     if arch is None:
         raise ModelError(f"{model} holds weights only: name the architecture with --arch")
-    return build_model(arch, num_classes or 1000, device="meta")
+    return build_model(arch, 1000 if num_classes is None else num_classes, device="meta")

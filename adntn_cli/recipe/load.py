@@ -10,10 +10,13 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ValidationError
 
-from ..errors import RecipeError
+from ..errors import RecipeError, brief
 from .schema import Recipe
 
 __all__ = ["json_schema", "load_recipe", "parse_recipe", "shipped_recipes"]
+
+MAX_RECIPE_BYTES = 1 * 2**20  # the shipped recipes are under 4 KiB
+MAX_NODES, MAX_DEPTH = 100_000, 32  # values in the parsed tree, and its nesting
 
 
 def shipped_recipes() -> dict[str, Path]:
@@ -69,16 +72,38 @@ def _describe(err: ValidationError, source: str) -> str:
         specific = [m for m in msgs if not m.startswith("Input should be a valid ")]
         return " or ".join(dict.fromkeys(specific or msgs))
 
-    return "\n".join(f"{source}: {p}: {join(m)}" for p, m in lines.items())
+    (first, msgs), *rest = lines.items()
+    more = f"; more problems at {', '.join(p for p, _ in rest)}" if rest else ""
+    return f"{source}: {first}: {join(msgs)}{more}"
+
+
+def _check_size(data: Any, source: str) -> None:
+    """Refuse absurd documents (YAML anchors can make a small file a huge tree) before the
+    schema walks them."""
+    stack, seen = [(data, 0)], 0
+    while stack:
+        node, depth = stack.pop()
+        seen += 1
+        if seen > MAX_NODES or depth > MAX_DEPTH:
+            raise RecipeError(
+                f"{source}: the recipe is too large or too deeply nested (at most {MAX_NODES:,} "
+                f"values, {MAX_DEPTH} levels); a recipe is a short list of layer rules"
+            )
+        if isinstance(node, dict):
+            stack.extend((v, depth + 1) for v in (*node.keys(), *node.values()))
+        elif isinstance(node, list | tuple):
+            stack.extend((v, depth + 1) for v in node)
 
 
 def parse_recipe(data: Any, source: str = "<recipe>") -> Recipe:
     """Validate already-parsed YAML data."""
     if not isinstance(data, dict):
         raise RecipeError(f"{source}: a recipe is a YAML mapping with version, model, layers, ...")
+    _check_size(data, source)
     if "version" in data and data["version"] != 1:
         raise RecipeError(
-            f"{source}: version: {data['version']!r} is not supported; this adntn reads version 1"
+            f"{source}: version: {brief(data['version'])} is not supported; this adntn reads "
+            "version 1"
         )
     try:
         return Recipe.model_validate(data)
@@ -100,7 +125,16 @@ def load_recipe(path_or_name: str | Path) -> tuple[Recipe, str]:
             )
     source = str(path_or_name)
     try:
+        if path.is_file() and path.stat().st_size > MAX_RECIPE_BYTES:
+            raise RecipeError(
+                f"{source}: {path.stat().st_size:,} bytes, over the {MAX_RECIPE_BYTES:,} a recipe "
+                "may have; is it a recipe?"
+            )
         data = yaml.safe_load(path.read_text())
+    except RecursionError:
+        raise RecipeError(
+            f"{source}: the YAML is nested too deeply to be a recipe (at most {MAX_DEPTH} levels)"
+        ) from None
     except yaml.YAMLError as err:
         mark = getattr(err, "problem_mark", None)
         where = f" line {mark.line + 1}, column {mark.column + 1}" if mark else ""

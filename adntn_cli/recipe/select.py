@@ -15,7 +15,7 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from ..errors import SelectionError
+from ..errors import SelectionError, brief
 from .schema import LayerRule
 
 __all__ = ["Candidate", "matches", "select_layers"]
@@ -55,7 +55,7 @@ def _no_match(selector: str, where: str, layers: Sequence[Candidate]) -> Selecti
         key = selector[3:] if selector.startswith("re:") else selector
         close = difflib.get_close_matches(key, [c.name for c in layers], n=5, cutoff=0.0)
         hint = f"closest layers: {', '.join(close)}"
-    return SelectionError(f"{where}: {selector!r} matches no compressible layer; {hint}")
+    return SelectionError(f"{where}: {brief(selector)} matches no compressible layer; {hint}")
 
 
 def select_layers(
@@ -69,7 +69,7 @@ def select_layers(
                     re.compile(sel[3:])
                 except re.error as err:
                     raise SelectionError(
-                        f"{source}: layers[{i}].select: {sel!r} is not a valid regex ({err})"
+                        f"{source}: layers[{i}].select: {brief(sel)} is not a valid regex ({err})"
                     ) from None
     best: dict[str, tuple[int, int]] = {}
     for i, rule in enumerate(rules):

@@ -63,8 +63,12 @@ class TNGenerator(nn.Module):
         budget = memory_budget if memory_budget is not None else default_memory_budget(device)
         size = torch.empty((), dtype=dtype, device="meta").element_size()
         # Paths never plan an intermediate larger than the budget; the total is checked below.
-        self.program = Program(self.network, memory_limit=max(1, budget // size))
-        self._check_budget(budget, dtype)
+        try:
+            self.program = Program(self.network, memory_limit=max(1, budget // size))
+        except MemoryBudgetError:  # no order fits: report what the best order would need
+            self._check_budget(budget, dtype, Program(self.network))
+            raise
+        self._check_budget(budget, dtype, self.program)
         self.cores = nn.ParameterDict(
             {
                 c.name: nn.Parameter(
@@ -78,8 +82,8 @@ class TNGenerator(nn.Module):
             self.reset_parameters(target_std, generator)
 
     # -- construction --------------------------------------------------------------------------
-    def _check_budget(self, budget: int, dtype: torch.dtype) -> None:
-        cost = self.program.cost()
+    def _check_budget(self, budget: int, dtype: torch.dtype, program: Program) -> None:
+        cost = program.cost()
         size = torch.empty((), dtype=dtype, device="meta").element_size()
         need = cost.total_elems * size
         if need > budget:
@@ -184,9 +188,11 @@ class TNGenerator(nn.Module):
             "materialise": estimate("materialise", gen, batch * o * i, o * i + io, size, profile)
         }
         if self.contractible:
-            out["contract"] = estimate(
-                "contract", self.program.contract_cost(batch), 0, io, size, profile
-            )
+            try:
+                contract = self.program.contract_cost(batch)
+            except MemoryBudgetError:  # x's path at this batch would not fit the budget
+                return out
+            out["contract"] = estimate("contract", contract, 0, io, size, profile)
         return out
 
     def choose_schedule(

@@ -28,6 +28,7 @@ import opt_einsum as oe
 import torch
 
 from .activations import get_activation
+from .errors import MemoryBudgetError
 from .executor import PairPlan, permute_copy, plan_path, run_path
 
 __all__ = ["CoreSpec", "Network", "Operand", "PathCost", "Program", "Step"]
@@ -175,9 +176,17 @@ class _Compiled:
         self.eq = self._equation([op.indices for op in step.operands], step.out_indices)
         self.shapes = [tuple(sizes[i] for i in op.indices) for op in step.operands]
         opt = _optimizer(len(self.shapes), step.sequential)
-        path, info = oe.contract_path(
-            self.eq, *self.shapes, shapes=True, optimize=opt, memory_limit=memory_limit
-        )
+        try:
+            path, info = oe.contract_path(
+                self.eq, *self.shapes, shapes=True, optimize=opt, memory_limit=memory_limit
+            )
+        except RuntimeError as err:  # opt_einsum: "No contraction found for given memory_limit"
+            if "memory_limit" not in str(err):
+                raise
+            raise MemoryBudgetError(
+                f"every contraction order of step {step.out!r} needs an intermediate over "
+                f"{memory_limit:,} elements"
+            ) from None
         terms = [op.indices for op in step.operands]
         self.plans, final = plan_path(terms, step.out_indices, path, sizes, rank)
         if len(terms) == 1 and set(final) != set(step.out_indices):  # a lone trace or sum
