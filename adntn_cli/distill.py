@@ -76,9 +76,10 @@ def load_checkpoint(path: Path, device: torch.device | str = "cpu") -> dict[str,
     try:
         obj = torch.load(path, map_location=device, weights_only=True)
     except Exception as err:  # torch raises many types for a damaged file
-        first = (str(err).strip().splitlines() or [type(err).__name__])[0]
+        text = " ".join(str(err).split())
+        why = "truncated or corrupted" if "zip archive" in text else text[:200] or "unreadable"
         raise CheckpointError(
-            f"{path}: not a readable adntn checkpoint ({first[:200]}); start over with --force"
+            f"{path}: not a readable adntn checkpoint ({why}); start over with --force"
         ) from None
     if not isinstance(obj, dict) or "model" not in obj:
         raise CheckpointError(f"{path}: not an adntn checkpoint; start over with --force")
@@ -87,13 +88,22 @@ def load_checkpoint(path: Path, device: torch.device | str = "cpu") -> dict[str,
 
 def restore(module: nn.Module, state: dict[str, Any], path: Path) -> None:
     """Load a checkpoint's weights; a checkpoint of another recipe is a ``CheckpointError``."""
+    fix = "resume with the recipe and model of that run, or start over with --force"
+    keys, saved = set(module.state_dict()), set(state)
+    if keys != saved:
+        missing, unexpected = sorted(keys - saved), sorted(saved - keys)
+        raise CheckpointError(
+            f"{path} does not fit the model this recipe builds: missing keys {missing[:4]}"
+            f"{' ...' if len(missing) > 4 else ''}, unexpected keys {unexpected[:4]}"
+            f"{' ...' if len(unexpected) > 4 else ''}; {fix}"
+        )
     try:
         module.load_state_dict(state)
-    except RuntimeError as err:
-        detail = " ".join(str(err).split())[:300]
+    except RuntimeError as err:  # same keys, other shapes
+        lines = [ln.strip() for ln in str(err).splitlines() if "size mismatch" in ln]
+        detail = (lines or [" ".join(str(err).split())])[0][:200]
         raise CheckpointError(
-            f"{path} does not fit the model this recipe builds ({detail}); resume with the "
-            "recipe and model of that run, or start over with --force"
+            f"{path} does not fit the model this recipe builds ({detail}); {fix}"
         ) from None
 
 

@@ -141,7 +141,8 @@ def load_recipe(path_or_name: str | Path) -> tuple[Recipe, str]:
         problem = getattr(err, "problem", None) or str(err).splitlines()[0]
         raise RecipeError(f"{source}:{where}: not valid YAML: {problem}") from None
     except (OSError, UnicodeDecodeError) as err:
-        raise RecipeError(f"{source}: cannot read the recipe: {err}") from None
+        why = getattr(err, "strerror", None) or str(err)
+        raise RecipeError(f"{source}: cannot read the recipe ({why})") from None
     return parse_recipe(data, source), source
 
 

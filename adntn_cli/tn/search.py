@@ -59,7 +59,8 @@ def bond_dim_for_ratio(
         shape = "x".join(map(str, weight_shape))
         raise TNConfigError(
             f"{spec.structure} cannot reach {target_ratio:g}x on {shape}: its smallest generator "
-            f"has {probe.num_params} parameters, the budget is {allowed:.0f}"
+            f"has {probe.num_params} parameters, the budget is {allowed:.0f}; target_ratio can "
+            f"be at most {probe.dense_params / probe.num_params:,.0f} here"
         )
     lo, hi = 1, 2
     while hi <= max_bond and fits(hi):
