@@ -1,0 +1,146 @@
+"""The accuracy study: ADNTN structures against TT and low-rank at matched parameter budgets.
+
+    python benchmarks/accuracy/study.py                    # the CPU grid, all of it
+    python benchmarks/accuracy/study.py --shard 1/4        # a quarter of it (run 1/4 .. 4/4)
+    python benchmarks/accuracy/study.py --grid gpu --device cuda   # the full grid, 224x224
+
+Every finished cell is appended to benchmarks/results/accuracy.json at once (atomically), and a
+cell already there is skipped, so shards and interrupted runs add up to one results file;
+accuracy.md is rewritten from the JSON after every cell (``--tables`` rewrites it alone).
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import os
+import platform
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).parent))
+
+from cells import WHOLE_MODEL_SCHEDULE, Cell, Schedule, cell_data, run_cell
+from tables import write_markdown
+from teachers import teacher
+
+RESULTS = Path(__file__).parents[1] / "results"
+STRUCTURES = ["ttn", "augttn", "mera", "tt", "lowrank"]
+BUDGETS = [2000, 20000, 77000]
+SEEDS = [0, 1, 2]
+
+
+def grid(name: str) -> list[Cell]:
+    """The cells of a grid in priority order (shards split this list; a partial run has the
+    cells the targets need first): every FC layer together at each budget, whole VGG-16, then
+    FC7 alone and FC6 alone. The CPU grid leaves out what a 2-core CPU cannot afford in a
+    session: VGG-16's FC6 with the materialise-only structures (augttn, mera), and VGG-16's
+    single-layer cells."""
+    teachers = ["alexnet", "vgg16_bn"]
+    cells = []
+    for unit in ("fc", "all", "fc7", "fc6"):
+        for t in teachers:
+            if unit == "all":
+                if t == "vgg16_bn":
+                    cells += [Cell(t, unit, 200, s, seed) for s in ("ttn", "tt") for seed in SEEDS]
+                continue
+            if name == "cpu" and t == "vgg16_bn" and unit != "fc":
+                continue
+            for b, s, seed in itertools.product(BUDGETS, STRUCTURES, SEEDS):
+                if name == "cpu" and t == "vgg16_bn" and s in ("augttn", "mera"):
+                    continue
+                cells.append(Cell(t, unit, b, s, seed))
+    return cells
+
+
+def load_rows(path: Path) -> list[dict]:
+    return json.loads(path.read_text())["rows"] if path.exists() else []
+
+
+def save_rows(path: Path, meta: dict, rows: list[dict]) -> None:
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    tmp.write_text(json.dumps({**meta, "rows": rows}, indent=1) + "\n")
+    os.replace(tmp, path)
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    ap.add_argument("--grid", choices=["cpu", "gpu"], default="cpu")
+    ap.add_argument("--shard", default="1/1", help="i/n: run every n-th cell starting at the i-th")
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--only", default="", help="run cells whose key contains this text")
+    ap.add_argument("--out", type=Path, default=RESULTS / "accuracy.json")
+    ap.add_argument("--tables", action="store_true", help="only rewrite accuracy.md")
+    args = ap.parse_args(argv)
+    md = args.out.with_suffix(".md")
+    if args.tables:
+        write_markdown(json.loads(args.out.read_text()), md)
+        return
+    i, n = (int(v) for v in args.shard.split("/"))
+    device = torch.device(args.device)
+    schedules = {"fc": Schedule(), "all": WHOLE_MODEL_SCHEDULE}
+    meta = {
+        "command": "python benchmarks/accuracy/study.py " + " ".join(argv or sys.argv[1:]),
+        "grid": args.grid,
+        "device": str(device),
+        "device_name": torch.cuda.get_device_name(device)
+        if device.type == "cuda"
+        else platform.processor() or platform.machine(),
+        "threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+        "schedule": schedules["fc"].__dict__,
+        "schedule_all": schedules["all"].__dict__,
+        "teachers": {},
+    }
+    if args.out.exists():
+        old = json.loads(args.out.read_text())
+        meta["teachers"] = old.get("teachers", {})
+    rows = load_rows(args.out)
+    done = {r["key"] for r in rows}
+    todo = [c for k, c in enumerate(grid(args.grid)) if k % n == i - 1]
+    todo = [c for c in todo if c.key not in done and args.only in c.key]
+    # an unreachable budget needs one row, not one per seed
+    unreachable = {r["key"].rsplit("/", 1)[0] for r in rows if r["status"] == "unreachable"}
+    todo = [c for c in todo if c.key.rsplit("/", 1)[0] not in unreachable]
+    print(f"{len(todo)} cells to run ({len(done)} already in {args.out})", flush=True)
+    cache: dict = {}
+    for cell in todo:
+        if cell.key.rsplit("/", 1)[0] in unreachable:
+            continue
+        if cell.teacher not in cache:
+            model, info = teacher(cell.teacher, SIZES_FOR[args.grid][cell.teacher], device)
+            meta["teachers"][cell.teacher] = {
+                **info,
+                "input_size": SIZES_FOR[args.grid][cell.teacher],
+            }
+            cache[cell.teacher] = (model, {})
+        model, datas = cache[cell.teacher]
+        kind = "images" if cell.unit == "all" else "features"
+        if kind not in datas:
+            datas[kind] = cell_data(model, cell.unit, SIZES_FOR[args.grid][cell.teacher], device)
+        t = time.time()
+        schedule = schedules["all" if cell.unit == "all" else "fc"]
+        row = run_cell(cell, model, datas[kind], schedule, device)
+        row["dense_top1"] = meta["teachers"][cell.teacher]["top1"]
+        rows = [r for r in load_rows(args.out) if r["key"] != row["key"]] + [row]
+        save_rows(args.out, meta, rows)
+        write_markdown({**meta, "rows": rows}, md)
+        if row["status"] == "unreachable":
+            unreachable.add(cell.key.rsplit("/", 1)[0])
+            print(f"{cell.key}: unreachable", flush=True)
+        else:
+            print(
+                f"{cell.key}: top-1 {row['top1']:.4f} (dense {row['dense_top1']:.4f}), "
+                f"{row['replaced_ratio']:,.0f}x, {time.time() - t:.0f} s",
+                flush=True,
+            )
+
+
+SIZES_FOR = {"cpu": {"alexnet": 64, "vgg16_bn": 32}, "gpu": {"alexnet": 224, "vgg16_bn": 224}}
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,141 @@
+"""accuracy.md from accuracy.json: per teacher and layer set, each budget and structure with the
+mean and spread over seeds, the comparison of the best ADNTN structure with the baselines, and the
+issue's targets."""
+
+from __future__ import annotations
+
+import statistics
+from collections import defaultdict
+from pathlib import Path
+
+ADNTN = ("ttn", "augttn", "mera")
+BASELINES = ("tt", "lowrank")
+UNIT_NAMES = {
+    "fc6": "FC6 alone",
+    "fc7": "FC7 alone",
+    "fc": "FC6 and FC7 together",
+    "all": "every conv and FC layer",
+}
+
+
+def _stats(values: list[float]) -> tuple[float, float]:
+    return statistics.mean(values), statistics.stdev(values) if len(values) > 1 else 0.0
+
+
+def summarise(rows: list[dict]) -> dict[tuple, dict]:
+    """(teacher, unit, budget, structure) -> mean/spread of the seeds' numbers."""
+    groups: dict[tuple, list[dict]] = defaultdict(list)
+    for r in rows:
+        groups[(r["teacher"], r["unit"], r["budget"], r["structure"])].append(r)
+    out = {}
+    for key, rs in groups.items():
+        if rs[0]["status"] == "unreachable":
+            out[key] = {"status": "unreachable", "reason": rs[0]["reason"]}
+            continue
+        top1, spread = _stats([r["top1"] for r in rs])
+        sqnr = [statistics.mean(r["sqnr_db"].values()) for r in rs]
+        out[key] = {
+            "status": "done",
+            "seeds": len(rs),
+            "top1": top1,
+            "spread": spread,
+            "dense_top1": rs[0]["dense_top1"],
+            "agreement": statistics.mean(r["agreement"] for r in rs),
+            "sqnr_db": statistics.mean(sqnr),
+            "replaced_ratio": rs[0]["replaced_ratio"],
+            "min_layer_ratio": min(layer["ratio"] for layer in rs[0]["layers"]),
+            "model_ratio": rs[0]["model_ratio"],
+            "tn_params": sum(layer["tn_params"] for layer in rs[0]["layers"]),
+            "bond_dim": "; ".join(str(layer["bond_dim"]) for layer in rs[0]["layers"]),
+            "seconds": statistics.median(r["seconds"] for r in rs),
+        }
+    return out
+
+
+def _pct(x: float) -> str:
+    return f"{100 * x:.2f}"
+
+
+def compare(summary: dict, teacher: str, unit: str, budget: int) -> str | None:
+    """'ADNTN wins / ties / loses' at one budget, a tie being a gap inside the larger spread."""
+
+    def best(names):
+        done = [(summary[k]["top1"], k[3], summary[k]["spread"]) for k in
+                ((teacher, unit, budget, s) for s in names)
+                if k in summary and summary[k]["status"] == "done"]  # fmt: skip
+        return max(done) if done else None
+
+    a, b = best(ADNTN), best(BASELINES)
+    if a is None or b is None:
+        return None
+    gap = a[0] - b[0]
+    spread = max(a[2], b[2])
+    verdict = "tie" if abs(gap) <= spread else ("ADNTN better" if gap > 0 else "baseline better")
+    return (
+        f"{a[1]} {_pct(a[0])} vs {b[1]} {_pct(b[0])}: {100 * gap:+.2f} points, "
+        f"spread {100 * spread:.2f}: **{verdict}**"
+    )
+
+
+def write_markdown(doc: dict, path: Path) -> None:
+    rows = doc["rows"]
+    summary = summarise(rows)
+    lines = [
+        "# Accuracy study: ADNTN structures against TT and low-rank",
+        "",
+        f"Command: `{doc['command']}` (grid `{doc['grid']}`, device `{doc['device']}`"
+        f" {doc.get('device_name', '')}, {doc.get('threads', '?')} threads, torch {doc['torch']}).",
+        f"Distillation schedule of every cell: `{doc['schedule']}`.",
+        "",
+        "Teachers (10 classes, scikit-learn digits, 1,438 training / 359 validation images; "
+        "one teacher per architecture, seed 0):",
+        "",
+        "| teacher | input | dense top-1 | training |",
+        "|---|---|---|---|",
+    ]
+    for name, t in doc.get("teachers", {}).items():
+        lines.append(
+            f"| {name} | {t['input_size']}x{t['input_size']} | {_pct(t['top1'])}% | "
+            f"{t['epochs']} epochs, {t['seconds']} s |"
+        )
+    lines += [
+        "",
+        "Each cell: top-1 in % as mean ± sample std over the seeds (generator initialisation and "
+        "data order; the teacher is fixed); Δ against the dense teacher; agreement = top-1 "
+        "agreement with the teacher; SQNR = output signal-to-quantisation-noise ratio of the "
+        "replaced layers on the validation inputs (mean over layers, dB); ratio = x fewer "
+        "parameters over the replaced layers; model = x fewer over the whole model; time = median "
+        "wall seconds per seed.",
+    ]
+    keys = sorted(
+        {(k[0], k[1]) for k in summary}, key=lambda k: (k[0], list(UNIT_NAMES).index(k[1]))
+    )
+    for teacher, unit in keys:
+        lines += ["", f"## {teacher}: {UNIT_NAMES[unit]}", ""]
+        lines += [
+            "| budget | structure | bond_dim | params | ratio | model | top-1 % | Δ | agreement "
+            "| SQNR dB | time s |",
+            "|---|---|---|---|---|---|---|---|---|---|---|",
+        ]
+        budgets = sorted({k[2] for k in summary if k[:2] == (teacher, unit)})
+        for budget in budgets:
+            for s in (*ADNTN, *BASELINES):
+                v = summary.get((teacher, unit, budget, s))
+                if v is None:
+                    continue
+                if v["status"] == "unreachable":
+                    lines.append(f"| {budget:,}x | {s} | | | unreachable | | | | | | |")
+                    continue
+                lines.append(
+                    f"| {budget:,}x | {s} | {v['bond_dim']} | {v['tn_params']:,} | "
+                    f"{v['replaced_ratio']:,.0f}x | {v['model_ratio']:,.1f}x | "
+                    f"{_pct(v['top1'])} ± {_pct(v['spread'])} (n={v['seeds']}) | "
+                    f"{100 * (v['top1'] - v['dense_top1']):+.2f} | {_pct(v['agreement'])} | "
+                    f"{v['sqnr_db']:.1f} | {v['seconds']:.0f} |"
+                )
+        verdicts = [(b, compare(summary, teacher, unit, b)) for b in budgets]
+        verdicts = [(b, v) for b, v in verdicts if v]
+        if verdicts:
+            lines += ["", "Best ADNTN against the best baseline:", ""]
+            lines += [f"- {b:,}x: {v}" for b, v in verdicts]
+    path.write_text("\n".join(lines) + "\n")
