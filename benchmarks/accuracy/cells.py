@@ -75,7 +75,7 @@ class Schedule:
 
 # The whole-model cell runs every image through VGG-16 at each step: a shorter schedule.
 WHOLE_MODEL_SCHEDULE = Schedule(
-    layerwise_steps=60, calib_batches=2, epochs=3, lr=2e-3, batch=64, train_replaced_only=False
+    layerwise_steps=60, calib_batches=2, epochs=2, lr=2e-3, batch=64, train_replaced_only=False
 )
 
 

@@ -35,25 +35,30 @@ SEEDS = [0, 1, 2]
 
 
 def grid(name: str) -> list[Cell]:
-    """The cells of a grid in priority order (shards split this list; a partial run has the
-    cells the targets need first): every FC layer together at each budget, whole VGG-16, then
-    FC7 alone and FC6 alone. The CPU grid leaves out what a 2-core CPU cannot afford in a
-    session: VGG-16's FC6 with the materialise-only structures (augttn, mera), and VGG-16's
-    single-layer cells."""
-    teachers = ["alexnet", "vgg16_bn"]
-    cells = []
-    for unit in ("fc", "all", "fc7", "fc6"):
-        for t in teachers:
-            if unit == "all":
-                if t == "vgg16_bn":
-                    cells += [Cell(t, unit, 200, s, seed) for s in ("ttn", "tt") for seed in SEEDS]
-                continue
-            if name == "cpu" and t == "vgg16_bn" and unit != "fc":
-                continue
-            for b, s, seed in itertools.product(BUDGETS, STRUCTURES, SEEDS):
-                if name == "cpu" and t == "vgg16_bn" and s in ("augttn", "mera"):
-                    continue
-                cells.append(Cell(t, unit, b, s, seed))
+    """The cells of a grid in priority order, so that a partial run holds what the targets need
+    first (shards split this list): AlexNet's FC layers together at each budget; whole VGG-16
+    with ttn; VGG-16's FC layers together at 2,000x; FC7 alone and FC6 alone (AlexNet);
+    VGG-16's FC layers at the higher budgets; whole VGG-16 with tt. The CPU grid leaves out
+    VGG-16's FC6 with the materialise-only structures (augttn, mera: seconds per step on a
+    2-core CPU) and VGG-16's single-layer cells."""
+    gpu = name == "gpu"
+
+    def fc(teacher: str, unit: str, budgets: list[int]) -> list[Cell]:
+        heavy = ("augttn", "mera") if teacher == "vgg16_bn" and not gpu else ()
+        return [
+            Cell(teacher, unit, b, s, seed)
+            for b, s, seed in itertools.product(budgets, STRUCTURES, SEEDS)
+            if s not in heavy
+        ]
+
+    def whole(structure: str) -> list[Cell]:
+        return [Cell("vgg16_bn", "all", 200, structure, seed) for seed in SEEDS]
+
+    cells = fc("alexnet", "fc", BUDGETS) + whole("ttn") + fc("vgg16_bn", "fc", BUDGETS[:1])
+    cells += fc("alexnet", "fc7", BUDGETS) + fc("alexnet", "fc6", BUDGETS)
+    cells += fc("vgg16_bn", "fc", BUDGETS[1:]) + whole("tt")
+    if gpu:
+        cells += fc("vgg16_bn", "fc7", BUDGETS) + fc("vgg16_bn", "fc6", BUDGETS)
     return cells
 
 
