@@ -23,6 +23,7 @@ __all__ = [
     "GeneratedModule",
     "GeneratedMultiheadAttention",
     "from_module",
+    "use_weight_cache",
 ]
 
 
@@ -43,9 +44,9 @@ class _CachedWeight:
         self.key: tuple | None = None
         self.value: torch.Tensor | None = None
 
-    def get(self, gen: TNGenerator, training: bool) -> torch.Tensor:
+    def get(self, gen: TNGenerator, training: bool, enabled: bool = True) -> torch.Tensor:
         make = gen.padded_matrix if self.padded else gen
-        if training or torch.is_grad_enabled():
+        if training or torch.is_grad_enabled() or not enabled:
             self.key = self.value = None
             return make()
         key = tuple((p._version, p.data_ptr(), p.dtype, p.device) for p in gen.parameters())
@@ -59,7 +60,15 @@ class _CachedWeight:
 
 
 class GeneratedModule(nn.Module):
-    """Common surface of generated layers: parameter counts, the cache, the inverse."""
+    """Common surface of generated layers: parameter counts, the cache, the inverse.
+
+    ``cache_weights`` (default True) lets eval mode keep the generated weight between forward
+    passes: fast, but the layer then holds a dense weight in memory. With it off, eval mode
+    generates the weight per forward or contracts the input through the generator, whichever
+    the cost model prefers, and holds no dense weight between calls.
+    """
+
+    cache_weights: bool = True
 
     def generators(self) -> dict[str, TNGenerator]:
         return {n: m for n, m in self.named_children() if isinstance(m, TNGenerator)}
@@ -80,7 +89,7 @@ class GeneratedModule(nn.Module):
     def _weight(self, name: str, padded: bool = False) -> torch.Tensor:
         caches = self.__dict__.setdefault("_caches", {})
         cache = caches.setdefault((name, padded), _CachedWeight(padded))
-        return cache.get(getattr(self, name), self.training)
+        return cache.get(getattr(self, name), self.training, self.cache_weights)
 
     def to_dense(self) -> nn.Module:
         raise NotImplementedError
@@ -146,7 +155,7 @@ class GeneratedLinear(GeneratedModule):
 
     def schedule(self, batch: int) -> str:
         """The execution schedule for ``batch`` rows, from the cost model (cached)."""
-        cached = not self.training and not torch.is_grad_enabled()
+        cached = not self.training and not torch.is_grad_enabled() and self.cache_weights
         key = (batch, cached, self.generator.scale.device.type)
         if key not in self._schedules:
             gen = self.generator
@@ -382,6 +391,20 @@ _LAYERS: dict[type[nn.Module], type[GeneratedModule]] = {
     nn.Conv2d: GeneratedConv2d,
     nn.MultiheadAttention: GeneratedMultiheadAttention,
 }
+
+
+def use_weight_cache(model: nn.Module, enabled: bool = True) -> nn.Module:
+    """Turn the eval-mode weight cache of every generated layer in ``model`` on or off.
+
+    Off, the model's runtime memory is its parameters plus one transient weight at a time (none
+    for layers that contract their input); on, it is the dense model's. Returns ``model``.
+    """
+    for m in model.modules():
+        if isinstance(m, GeneratedModule):
+            m.cache_weights = enabled
+            for cache in m.__dict__.get("_caches", {}).values():
+                cache.key = cache.value = None
+    return model
 
 
 def from_module(module: nn.Module, spec: StructureSpec, **gen_kwargs: Any) -> GeneratedModule:

@@ -10,6 +10,7 @@ from adntn_cli.layers import (
     GeneratedLinear,
     GeneratedMultiheadAttention,
     from_module,
+    use_weight_cache,
 )
 from adntn_cli.tn import StructureSpec, TNConfigError
 
@@ -103,6 +104,27 @@ def test_no_cache_when_gradients_are_on():
     w = layer.weight
     assert w.requires_grad
     assert layer.weight is not w
+
+
+def _holds_weight(m: nn.Module) -> bool:
+    return any(c.held for c in m.__dict__.get("_caches", {}).values())
+
+
+def test_weight_cache_off_holds_no_weight_and_gives_the_same_outputs():
+    mera = StructureSpec("mera", bond_dim=2)  # materialise only: the cache matters
+    model = nn.Sequential(GeneratedLinear(96, 64, mera), nn.ReLU(), GeneratedLinear(64, 8, TTN))
+    model.eval()
+    x = torch.randn(5, 96)
+    with torch.no_grad():
+        cached = model(x)
+        assert _holds_weight(model[0])
+        use_weight_cache(model, False)
+        assert not _holds_weight(model[0])
+        torch.testing.assert_close(model(x), cached, rtol=1e-5, atol=1e-6)
+        assert not any(_holds_weight(m) for m in model)
+        use_weight_cache(model, True)
+        model(x)
+        assert _holds_weight(model[0])
 
 
 def test_state_dict_holds_cores_and_bias_only():

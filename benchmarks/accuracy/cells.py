@@ -59,10 +59,10 @@ class Cell:
 class Schedule:
     """Distillation settings shared by every cell of a grid (stated in the results)."""
 
-    layerwise_steps: int = 200
+    layerwise_steps: int = 100
     layerwise_lr: float = 1e-2
     calib_batches: int = 4
-    epochs: float = 5
+    epochs: float = 4
     lr: float = 3e-3
     batch: int = 128
     temperature: float = 4.0

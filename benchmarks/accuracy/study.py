@@ -36,30 +36,40 @@ SEEDS = [0, 1, 2]
 
 def grid(name: str) -> list[Cell]:
     """The cells of a grid in priority order, so that a partial run holds what the targets need
-    first (shards split this list): AlexNet's FC layers together at each budget; whole VGG-16
-    with ttn; VGG-16's FC layers together at 2,000x; FC7 alone and FC6 alone (AlexNet);
-    VGG-16's FC layers at the higher budgets; whole VGG-16 with tt. The CPU grid leaves out
-    VGG-16's FC6 with the materialise-only structures (augttn, mera: seconds per step on a
-    2-core CPU) and VGG-16's single-layer cells."""
-    gpu = name == "gpu"
+    first (shards split this list).
 
-    def fc(teacher: str, unit: str, budgets: list[int]) -> list[Cell]:
-        heavy = ("augttn", "mera") if teacher == "vgg16_bn" and not gpu else ()
+    GPU: AlexNet's and VGG-16's FC layers together, alone, and whole VGG-16, every structure.
+    CPU (2 cores): augttn and mera materialise a weight of |W| entries at every step (seconds on
+    a CPU for FC6), so they come after the contract-schedule structures: AlexNet's FC layers
+    together with ttn, tt and lowrank; whole VGG-16 with ttn; AlexNet's FC7 alone with every
+    structure; AlexNet's FC layers together with augttn and mera; FC6 alone; VGG-16's FC layers
+    together with ttn, tt and lowrank; whole VGG-16 with tt.
+    """
+    light, heavy = ["ttn", "tt", "lowrank"], ["augttn", "mera"]
+
+    def fc(teacher: str, unit: str, structures: list[str]) -> list[Cell]:
         return [
             Cell(teacher, unit, b, s, seed)
-            for b, s, seed in itertools.product(budgets, STRUCTURES, SEEDS)
-            if s not in heavy
+            for b, s, seed in itertools.product(BUDGETS, structures, SEEDS)
         ]
 
     def whole(structure: str) -> list[Cell]:
         return [Cell("vgg16_bn", "all", 200, structure, seed) for seed in SEEDS]
 
-    cells = fc("alexnet", "fc", BUDGETS) + whole("ttn") + fc("vgg16_bn", "fc", BUDGETS[:1])
-    cells += fc("alexnet", "fc7", BUDGETS) + fc("alexnet", "fc6", BUDGETS)
-    cells += fc("vgg16_bn", "fc", BUDGETS[1:]) + whole("tt")
-    if gpu:
-        cells += fc("vgg16_bn", "fc7", BUDGETS) + fc("vgg16_bn", "fc6", BUDGETS)
-    return cells
+    if name == "gpu":
+        cells = [*whole("ttn"), *whole("tt")]
+        for unit, t in itertools.product(("fc", "fc7", "fc6"), ("alexnet", "vgg16_bn")):
+            cells += fc(t, unit, STRUCTURES)
+        return cells
+    return [
+        *fc("alexnet", "fc", light),
+        *whole("ttn"),
+        *fc("alexnet", "fc7", STRUCTURES),
+        *fc("alexnet", "fc", heavy),
+        *fc("alexnet", "fc6", STRUCTURES),
+        *fc("vgg16_bn", "fc", light),
+        *whole("tt"),
+    ]
 
 
 def load_rows(path: Path) -> list[dict]:
