@@ -37,10 +37,16 @@ def _path(loc: tuple[Any, ...], model: type[BaseModel]) -> tuple[str, type[BaseM
             continue
         fields = cls.model_fields
         by_alias = {f.alias or k: k for k, f in fields.items()}
-        out += f".{part}" if out else part
+        name = part if isinstance(part, str) and _plain(part) else brief(part)
+        out += f".{name}" if out else name
         parent = cls
         cls = _schema_class(fields[by_alias[part]].annotation) if part in by_alias else None
     return out, parent
+
+
+def _plain(key: str) -> bool:
+    """A key that prints as itself (not empty, no spaces or control characters)."""
+    return bool(key) and key.isprintable() and not any(c.isspace() for c in key)
 
 
 def _schema_class(ann: Any) -> type[BaseModel] | None:
@@ -73,7 +79,8 @@ def _describe(err: ValidationError, source: str) -> str:
         return " or ".join(dict.fromkeys(specific or msgs))
 
     (first, msgs), *rest = lines.items()
-    more = f"; more problems at {', '.join(p for p, _ in rest)}" if rest else ""
+    more = f"; more problems at {', '.join(p for p, _ in rest[:3])}" if rest else ""
+    more += ", ..." if len(rest) > 3 else ""
     return f"{source}: {first}: {join(msgs)}{more}"
 
 

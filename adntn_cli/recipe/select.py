@@ -63,14 +63,16 @@ def select_layers(
 ) -> dict[str, int]:
     """Map each selected layer's name to the index of the rule that applies to it."""
     for i, rule in enumerate(rules):
-        for sel in rule.selectors:
-            if sel.startswith("re:"):
-                try:
-                    re.compile(sel[3:])
-                except re.error as err:
-                    raise SelectionError(
-                        f"{source}: layers[{i}].select: {brief(sel)} is not a valid regex ({err})"
-                    ) from None
+        for key, sels in (("select", rule.selectors), ("exclude", rule.exclude)):
+            for sel in sels:
+                if sel.startswith("re:"):
+                    try:
+                        re.compile(sel[3:])
+                    except re.error as err:
+                        raise SelectionError(
+                            f"{source}: layers[{i}].{key}: {brief(sel)} is not a valid regex "
+                            f"({err})"
+                        ) from None
     best: dict[str, tuple[int, int]] = {}
     for i, rule in enumerate(rules):
         excluded = set()
