@@ -1,0 +1,76 @@
+"""A run killed with SIGKILL (no handler, no last save) and started again with --resume ends with
+the weights of an uninterrupted run, bitwise: the steps after the last checkpoint are redone
+exactly, and what the killed process was writing is never taken for a checkpoint."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from adntn_cli.distill import load_checkpoint
+from adntn_cli.models import build_model
+
+# synthetic:64 -> 48 training images, 3 steps an epoch: 15 steps, last.pt every 2 steps, an
+# evaluation (and maybe best.pt) at the end of every epoch
+RECIPE = """\
+version: 1
+model: {arch: demo_vgg, num_classes: 10, input_size: 32}
+layers:
+  - select: classifier.3
+    bond_dim: 3
+distill:
+  layerwise: {steps: 5, batches: 1}
+  finetune: {epochs: 5, lr: 1.0e-3, checkpoint_every: 2}
+data: {batch_size: 16}
+"""
+TOTAL, EVERY = 15, 2
+
+
+def _command(tmp_path, out, *extra):
+    return [sys.executable, "-m", "adntn_cli.cli", "compress", str(tmp_path / "t.pt"), "--recipe",
+            str(tmp_path / "r.yaml"), "--data", "synthetic:64", "--device", "cpu", "--seed", "4",
+            "--out", str(out), *extra]  # fmt: skip
+
+
+@pytest.mark.slow
+def test_sigkill_then_resume_matches_an_uninterrupted_run_bitwise(tmp_path):
+    torch.manual_seed(0)
+    torch.save(build_model("demo_vgg", 10).state_dict(), tmp_path / "t.pt")
+    (tmp_path / "r.yaml").write_text(RECIPE)
+
+    whole = subprocess.run(_command(tmp_path, tmp_path / "whole", "-q"), capture_output=True,
+                           text=True)  # fmt: skip
+    assert whole.returncode == 0, whole.stderr
+
+    cut = tmp_path / "cut"
+    proc = subprocess.Popen(_command(tmp_path, cut), stderr=subprocess.PIPE, text=True)
+    checkpointed = False
+    for line in proc.stderr:  # plain progress lines
+        if line.startswith(f"checkpoint {2 * EVERY}/"):
+            checkpointed = True
+        step = re.match(r"eval (\d+)/", line)
+        if checkpointed and step and int(step.group(1)) % EVERY:  # between two checkpoints
+            proc.kill()
+            break
+    proc.stderr.close()
+    assert proc.wait(timeout=120) == -9, "the run ended before it could be killed"
+
+    last = cut / "checkpoints" / "last.pt"
+    saved = load_checkpoint(last)["step"]
+    assert saved % EVERY == 0 and 2 * EVERY <= saved < TOTAL, saved
+    assert not (cut / "model.safetensors").exists()
+
+    resumed = subprocess.run(_command(tmp_path, cut, "--resume", "-q"), capture_output=True,
+                             text=True)  # fmt: skip
+    assert resumed.returncode == 0, resumed.stderr
+    assert not [p for p in cut.rglob("*") if ".tmp" in p.name], "temporary files left"
+    assert len(load_checkpoint(last)["history"]) == TOTAL  # the redone steps are not doubled
+    a = load_file(str(tmp_path / "whole" / "model.safetensors"))
+    b = load_file(str(cut / "model.safetensors"))
+    assert a.keys() == b.keys()
+    assert all(torch.equal(a[k], b[k]) for k in a)
