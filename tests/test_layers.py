@@ -177,3 +177,51 @@ def test_meta_module_builds_a_meta_layer():
     layer = GeneratedLinear.from_module(dense, StructureSpec("ttn", bond_dim=20))
     assert layer.generator.scale.device.type == "meta"
     assert layer.dense_params == 25088 * 4096
+
+
+def test_compile_generators_off_and_auto_on_cpu_keep_eager():
+    from adntn_cli.layers import compile_generators
+
+    model = nn.Sequential(GeneratedLinear(96, 64, TTN))
+    assert compile_generators(model, "off") == {"0.generator": "eager: compile off"}
+    assert compile_generators(model, "auto") == {"0.generator": "eager: compile auto, not on CUDA"}
+    assert "forward" not in model[0].generator.__dict__
+    with pytest.raises(ValueError, match="valid: auto, on, off"):
+        compile_generators(model, "fast")
+
+
+def test_a_compiler_that_fails_falls_back_to_eager(monkeypatch):
+    from adntn_cli.layers import compile_generators
+
+    def broken(fn, **_):
+        def run(*a, **k):
+            raise RuntimeError("no C++ compiler found\nmore detail")
+
+        return run
+
+    monkeypatch.setattr(torch, "compile", broken)
+    model = nn.Sequential(GeneratedLinear(96, 64, TTN))
+    x = torch.randn(3, 96)
+    before = model(x)
+    result = compile_generators(model, "on")
+    assert result == {"0.generator": "eager: compile failed (no C++ compiler found)"}
+    assert "forward" not in model[0].generator.__dict__
+    torch.testing.assert_close(model(x), before)
+
+
+@pytest.mark.slow
+def test_compiled_generator_matches_eager():
+    from adntn_cli.layers import compile_generators
+
+    layer = GeneratedLinear(48, 32, StructureSpec("ttn", bond_dim=3))
+    x = torch.randn(4, 48)
+    eager_w, eager_y = layer.generator().detach(), layer.generator.contract(x).detach()
+    result = compile_generators(nn.Sequential(layer), "on")
+    if result["0.generator"] != "compiled":
+        pytest.skip(f"torch.compile unavailable here: {result['0.generator']}")
+    torch.testing.assert_close(layer.generator(), eager_w, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(layer.generator.contract(x), eager_y, rtol=1e-5, atol=1e-6)
+    assert (
+        layer.generator.state_dict().keys()
+        == GeneratedLinear(48, 32, TTN).generator.state_dict().keys()
+    )
