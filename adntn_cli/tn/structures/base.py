@@ -145,6 +145,11 @@ class Structure(ABC):
         for a in [*acts, spec.output_activation]:
             if a is not None:
                 get_activation(a)
+        for key, value in spec.options.items():  # e.g. mixing_activation, even where unused
+            if key.endswith("activation") and value is not None:
+                if not isinstance(value, str):
+                    raise TNConfigError(f"option {key} must be an activation name, got {value!r}")
+                get_activation(value)
         if not self.nonlinear:
             nonlin = [a for a in [*acts, spec.output_activation] if a not in (None, "identity")]
             if nonlin:
