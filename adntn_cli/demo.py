@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 
 from .data import loaders, make_datasets
-from .distill import Callback, Progress
+from .distill import Callback, Progress, save_atomic
 from .evaluate import accuracy
 from .models import build_model
 from .pipeline import compress, prepare_run_dir, resolve_device
@@ -75,7 +75,7 @@ def run_demo(
     acc = train_teacher(teacher, train, val, epochs=TEACHER_EPOCHS, device=dev, callback=callback)
     if not math.isfinite(acc["loss"]):
         raise RuntimeError("the demo teacher did not train")
-    torch.save(teacher.state_dict(), out / "teacher.pt")
+    save_atomic(teacher.state_dict(), out / "teacher.pt")
     return compress(
         str(out / "teacher.pt"),
         "demo",

@@ -1,6 +1,7 @@
 """Distillation: layer-wise fitting, the KD loss, BatchNorm recalibration, exact resume."""
 
 import copy
+import re
 
 import pytest
 import torch
@@ -123,3 +124,30 @@ def test_layerwise_fit_leaves_attention_to_the_end_to_end_step():
     assert p.layers[0].record["schedule"] == "materialise"
     assert layerwise_fit(teacher, student, ["attn"], [torch.randn(2, 5, 8)], steps=3, lr=1e-2) == {}
     assert student(torch.randn(2, 5, 8)).shape == (2, 5, 8)
+
+
+def test_a_loss_turning_nan_mid_run_keeps_the_last_good_checkpoint(tmp_path):
+    """NaN at step 5 (checkpoints every 3 steps): the error names last.pt, which holds exactly
+    the state of a run stopped cleanly at step 3."""
+    teacher, student, train, val = _setup()
+    finetune(teacher, student, train, val, CFG, checkpoints=tmp_path / "ok", stop_after=3)
+    good = torch.load(tmp_path / "ok" / "last.pt", weights_only=True)
+
+    teacher, student, train, val = _setup()
+    calls = []
+
+    def poison(_module, _inputs, output):
+        calls.append(1)
+        return output * float("nan") if len(calls) == 5 else output
+
+    teacher.register_forward_hook(poison)
+    last = tmp_path / "bad" / "last.pt"
+    with pytest.raises(
+        TrainingDivergedError, match=re.escape(f"nan at step 5; the last good checkpoint is {last}")
+    ):
+        finetune(teacher, student, train, val, CFG, checkpoints=tmp_path / "bad")
+    kept = torch.load(last, weights_only=True)
+    assert kept["step"] == good["step"] == 3
+    for key, value in good["model"].items():
+        assert torch.isfinite(kept["model"][key].float()).all()
+        torch.testing.assert_close(kept["model"][key], value, rtol=0, atol=0)
