@@ -138,7 +138,7 @@ def test_a_pickled_model_is_not_unpickled_without_the_flag(tmp_path, evil):
         load_model(str(path), "demo_vgg")
     assert not evil.exists() and EVIL not in sys.modules
     # the control: with the flag the file's code does run, which the marker shows
-    with pytest.raises(ModelError, match="expects a pickled nn.Module"):
+    with pytest.raises(ModelError, match=r"expects a pickled nn\.Module"):
         load_model(str(path), "demo_vgg", allow_pickle=True)
     assert evil.read_text() == "called"
 
@@ -239,3 +239,20 @@ def test_the_lazy_table_is_fixed_and_points_inside_the_package():
     assert all(t.startswith("adntn_cli.") for t in targets)
     with pytest.raises(AttributeError):
         getattr(adntn_cli, "os")  # noqa: B009
+
+
+def test_data_paths_in_a_recipe_resolve_beside_the_recipe_not_the_shell(tmp_path, monkeypatch):
+    """End to end: the recipe's ``imagefolder:imgs`` is read from the recipe's folder (here a
+    folder without class folders, so the error shows which path was read)."""
+    sub = tmp_path / "sub"
+    for split in ("train", "val"):
+        (sub / "imgs" / split).mkdir(parents=True)
+    text = json.dumps({**RECIPE, "data": {"train": "imagefolder:imgs", "batch_size": 4}})
+    (sub / "r.yaml").write_text(text)
+    teacher = tmp_path / "t.pt"
+    torch.save(build_model("demo_vgg", 10).state_dict(), teacher)
+    monkeypatch.chdir(tmp_path)  # ./imgs does not exist here
+    result = runner.invoke(app, ["compress", str(teacher), "--recipe", "sub/r.yaml", "--out",
+                                 str(tmp_path / "o"), "--device", "cpu", "-q"])  # fmt: skip
+    assert result.exit_code == 2, result.output
+    assert f"Couldn't find any class folder in {sub / 'imgs' / 'train'}" in result.stderr
