@@ -1,4 +1,5 @@
-"""Atomic writes: a temporary file beside the target, flushed to disk, then renamed over it.
+"""Atomic writes: a temporary file beside the target, flushed to disk, then renamed over it
+(and the folder synced, so that the rename survives a crash too).
 
 A reader (or a run resumed after SIGKILL) sees the old file or the new one, never half of one.
 When the write fails (a full disk, a read-only folder) the temporary file is removed, the old file
@@ -41,6 +42,18 @@ def _write_file(tmp: Path, data: bytes | memoryview) -> None:
         os.fsync(f.fileno())
 
 
+def _sync_dir(folder: Path) -> None:
+    """Make the rename itself durable (POSIX; a no-op where folders cannot be opened)."""
+    if not hasattr(os, "O_DIRECTORY"):
+        return
+    with contextlib.suppress(OSError):
+        fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
 def _error(err: OSError, path: Path, size: int) -> WriteError:
     if err.errno in FULL:
         return DiskFullError(
@@ -65,6 +78,7 @@ def write_bytes(path: str | Path, data: bytes | memoryview) -> int:
         path.parent.mkdir(parents=True, exist_ok=True)
         _write_file(tmp, data)
         os.replace(tmp, path)
+        _sync_dir(path.parent)
     except OSError as err:
         with contextlib.suppress(OSError):  # the original error is the one to report
             tmp.unlink(missing_ok=True)
