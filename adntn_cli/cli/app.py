@@ -37,9 +37,7 @@ def _is_user_error(exc: BaseException) -> bool:
 
 def _is_path_error(exc: BaseException) -> bool:
     """An OSError about a path the user gave (a data folder, an output): their input, exit 2."""
-    return isinstance(exc, OSError) and (
-        exc.filename is not None or exc.errno in FULL
-    )
+    return isinstance(exc, OSError) and (exc.filename is not None or exc.errno in FULL)
 
 
 def _path_error(exc: OSError) -> str:
