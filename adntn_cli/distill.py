@@ -27,6 +27,7 @@ from torch.utils.data import DataLoader
 
 from .atomic import torch_bytes, write_bytes
 from .data import EpochSampler
+from .distributed import Dist, any_true, barrier
 from .errors import CheckpointError, RunInterrupted, TrainingDivergedError
 from .evaluate import accuracy
 from .recipe.schema import Finetune
@@ -276,6 +277,7 @@ def finetune(
     resume: bool = False,
     stop_after: int | None = None,
     callback: Callback = _quiet,
+    dist: Dist | None = None,
 ) -> dict[str, Any]:
     """Knowledge distillation of ``student`` from ``teacher``; returns the history and best top-1.
 
@@ -283,8 +285,16 @@ def finetune(
     validation top-1 after each epoch) are written atomically. ``resume`` continues from
     ``last.pt`` exactly: model, optimiser, scheduler, step, RNG and data order. ``stop_after``
     ends the run after that many steps, checkpointed, as an interruption would.
+
+    With ``dist`` (several processes, see ``distributed``) the student trains as a
+    DistributedDataParallel replica on this rank's shard of each batch; rank 0 alone evaluates
+    and writes checkpoints, and a signal or a non-finite loss on any rank stops every rank at
+    the same step. A run resumed with another number of processes continues at the same place
+    in the data (the global batches do not depend on the process count), but dropout masks and
+    BatchNorm batch statistics do, so it matches within a tolerance, not bitwise.
     """
     device = torch.device(device)
+    dist = dist or Dist()
     teacher.eval()
     for p in teacher.parameters():
         p.requires_grad_(False)
@@ -298,31 +308,44 @@ def finetune(
     params = [p for p in student.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, _schedule(total, round(cfg.warmup * total)))
-    state: dict[str, Any] = {"step": 0, "best_top1": -1.0, "history": []}
+    state: dict[str, Any] = {"step": 0, "best_top1": -1.0, "history": [], "per_epoch": per_epoch}
     last, best = checkpoints / "last.pt", checkpoints / "best.pt"
     if resume and last.exists():
         ckpt = load_checkpoint(last, device)
         restore(student, ckpt["model"], last)
         opt.load_state_dict(ckpt["optimizer"])
         sched.load_state_dict(ckpt["scheduler"])
-        torch.set_rng_state(ckpt["rng"]["torch"])
-        if device.type == "cuda" and ckpt["rng"].get("cuda") is not None:
-            torch.cuda.set_rng_state(ckpt["rng"]["cuda"], device)
+        _restore_rng(ckpt, dist, device)
         state = {k: ckpt[k] for k in ("step", "best_top1", "history")}
+        state["step"] = _same_place(ckpt["step"], ckpt.get("per_epoch", per_epoch), per_epoch)
+        state["per_epoch"] = per_epoch
         callback(Progress("checkpoint", state["step"], total, message=f"resumed from {last}"))
 
     def save(path: Path, full: bool = True) -> None:
+        """Rank 0 writes; a full save is a collective (every rank's RNG state is gathered)."""
         obj = {"model": student.state_dict(), **state}
         if full:
+            rng = _rng_state(device)
+            ranks = [rng]
+            if dist.enabled:
+                ranks = [None] * dist.world
+                torch.distributed.all_gather_object(ranks, rng)
             obj.update(
                 optimizer=opt.state_dict(),
                 scheduler=sched.state_dict(),
-                rng={
-                    "torch": torch.get_rng_state(),
-                    "cuda": torch.cuda.get_rng_state(device) if device.type == "cuda" else None,
-                },
+                rng=rng if dist.main else ranks[0],
+                rng_ranks=ranks,
+                world=dist.world,
             )
-        save_atomic(obj, path)
+        if dist.main:
+            save_atomic(obj, path)
+
+    model = student
+    if dist.enabled:  # after the resume: every rank starts from the same weights
+        from torch.nn.parallel import DistributedDataParallel
+
+        ids = [device.index] if device.type == "cuda" else None
+        model = DistributedDataParallel(student, device_ids=ids)
 
     with _deferred_signals() as caught:  # a signal is honoured between steps, after a save
         autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda")
@@ -338,9 +361,10 @@ def finetune(
                 with torch.no_grad(), autocast:
                     t_logits = teacher(x)
                 with autocast:
-                    s_logits = student(x)
+                    s_logits = model(x)
                 loss = kd_loss(s_logits, t_logits, y, cfg.temperature, cfg.kd_weight)
-                if not torch.isfinite(loss):
+                (diverged,) = any_true(dist, [not bool(torch.isfinite(loss))], device)
+                if diverged:
                     bad, at = float(loss.detach()), state["step"] + 1
                     raise TrainingDivergedError(
                         f"the distillation loss became {bad} at step {at}; the last good "
@@ -356,8 +380,10 @@ def finetune(
                 step = state["step"]
                 row = {"step": step, "loss": float(loss.detach()), "lr": sched.get_last_lr()[0]}
                 end_of_epoch = step % per_epoch == 0 or step == total
-                if val is not None and (
-                    end_of_epoch or (cfg.eval_every and step % cfg.eval_every == 0)
+                if (
+                    val is not None
+                    and dist.main
+                    and (end_of_epoch or (cfg.eval_every and step % cfg.eval_every == 0))
                 ):
                     metrics = accuracy(student, val, device)
                     student.train()
@@ -369,13 +395,46 @@ def finetune(
                 state["history"].append(row)
                 callback(Progress("finetune", step, total, row))
                 stopping = stop_after is not None and step >= stop_after
-                if step % cfg.checkpoint_every == 0 or step == total or stopping or caught:
+                (signalled,) = any_true(dist, [bool(caught)], device)
+                if step % cfg.checkpoint_every == 0 or step == total or stopping or signalled:
                     save(last)
                     callback(Progress("checkpoint", step, total, message=str(last)))
-                if caught:
-                    raise RunInterrupted(step, str(last), caught["name"])
+                if signalled:
+                    barrier(dist)
+                    raise RunInterrupted(step, str(last), caught.get("name", "a signal"))
                 if stopping:
+                    barrier(dist)
                     return {**state, "total": total, "interrupted": True}
                 if step >= total:
                     break
+        barrier(dist)  # best.pt and last.pt are on disk for every rank
         return {**state, "total": total, "interrupted": False}
+
+
+def _rng_state(device: torch.device) -> dict[str, Any]:
+    return {
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state(device) if device.type == "cuda" else None,
+    }
+
+
+def _restore_rng(ckpt: dict[str, Any], dist: Dist, device: torch.device) -> None:
+    """This rank's RNG as saved; with another process count, rank 0's state plus the rank (the
+    dropout masks then differ from an uninterrupted run: see ``finetune``)."""
+    ranks = ckpt.get("rng_ranks") or [ckpt["rng"]]
+    same_world = len(ranks) == dist.world
+    rng = ranks[dist.rank] if same_world else ranks[0]
+    torch.set_rng_state(rng["torch"])
+    if device.type == "cuda" and rng.get("cuda") is not None:
+        torch.cuda.set_rng_state(rng["cuda"], device)
+    if not same_world and dist.rank:
+        torch.manual_seed(int(torch.randint(0, 2**31, ())) + dist.rank)
+
+
+def _same_place(step: int, saved_per_epoch: int, per_epoch: int) -> int:
+    """The step that starts at the same place in the data when the steps per epoch changed
+    (another process count with an uneven split)."""
+    if saved_per_epoch == per_epoch:
+        return step
+    epoch, done = divmod(step, saved_per_epoch)
+    return epoch * per_epoch + min(done, per_epoch)

@@ -21,7 +21,7 @@ from typing import Any
 import torch
 import yaml
 
-from . import __version__
+from . import __version__, distributed
 from .atomic import write_text
 from .data import loaders, make_datasets
 from .distill import (
@@ -187,8 +187,52 @@ def compress(
     if not 0 <= seed < 2**32:
         raise AdntnError(f"--seed {seed}: a seed is a whole number from 0 to {2**32 - 1}")
     rec, source = load_recipe(recipe)
-    dev = resolve_device(device)
+    world = distributed.from_env().world
+    if rec.data.batch_size % world:
+        raise AdntnError(
+            f"data.batch_size {rec.data.batch_size} does not split evenly over {world} "
+            f"processes; use a multiple of {world} (it is the global batch)"
+        )
+    dist, dev = distributed.init(resolve_device(device))
+    if not dist.main:  # rank 0 alone reports progress and writes
+        cb = _quiet
+    try:
+        return _compress(
+            model, rec, source, recipe, dist=dist, dev=dev, data=data, out=out, seed=seed,
+            resume=resume, force=force, arch=arch, allow_pickle=allow_pickle,
+            stop_after=stop_after, cb=cb, argv=argv, dtype=dtypes[cores_dtype], started=started,
+        )  # fmt: skip
+    finally:
+        distributed.shutdown(dist)
+
+
+def _quiet(_: Progress) -> None:
+    pass
+
+
+def _compress(
+    model: str,
+    rec: Recipe,
+    source: str,
+    recipe: str | Path,
+    *,
+    dist: distributed.Dist,
+    dev: torch.device,
+    data: str | None,
+    out: str | Path | None,
+    seed: int,
+    resume: bool,
+    force: bool,
+    arch: str | None,
+    allow_pickle: bool,
+    stop_after: int | None,
+    cb: Callback,
+    argv: list[str] | None,
+    dtype: torch.dtype | None,
+    started: float,
+) -> dict[str, Any]:
     out_dir = Path(out) if out is not None else new_run_dir(source)
+    out_dir = Path(distributed.broadcast(dist, str(out_dir)))  # rank 0 picks runs/<name>-<n>
     check_run_dir(out_dir, resume=resume, force=force)
     data_spec = data or rec.data.train
     if not data_spec:
@@ -212,11 +256,14 @@ def compress(
     the_plan = plan(teacher, rec, source=source, batch=rec.data.batch_size)  # pure
     num_classes = rec.model.num_classes
     datasets = make_datasets(data_spec, rec.model.input_size, num_classes)
-    run_dir = prepare_run_dir(out_dir, resume=resume, force=force)
+    if dist.main:
+        prepare_run_dir(out_dir, resume=resume, force=force)
+    distributed.barrier(dist)
+    run_dir = out_dir
     ckpt_dir = run_dir / "checkpoints"
     train, val = loaders(
-        datasets, rec.data.batch_size, workers=rec.data.workers, seed=seed,
-        pin_memory=dev.type == "cuda",
+        datasets, rec.data.batch_size // dist.world, workers=rec.data.workers, seed=seed,
+        pin_memory=dev.type == "cuda", rank=dist.rank, world=dist.world,
     )  # fmt: skip
     calib_loader, _ = loaders(datasets, rec.data.batch_size, seed=seed + 1)
     cb(Progress("eval", 0, 1, message="evaluating the dense model"))
@@ -240,26 +287,29 @@ def compress(
             teacher, student, names, calib, steps=lw.steps, lr=lw.lr, device=dev, callback=cb
         )
         recalibrated = recalibrate_batchnorm(student, calib, dev)
-        save_atomic(
-            {"model": student.state_dict(), "errors": fit, "batchnorm": recalibrated}, stage
-        )
+        if dist.main:
+            save_atomic(
+                {"model": student.state_dict(), "errors": fit, "batchnorm": recalibrated}, stage
+            )
 
     history: dict[str, Any] = {"history": [], "step": 0, "total": 0, "interrupted": False}
     if rec.distill.finetune.epochs > 0:
         history = finetune(
             teacher, student, train, val, rec.distill.finetune, checkpoints=ckpt_dir,
-            device=dev, resume=resume, stop_after=stop_after, callback=cb,
+            device=dev, resume=resume, stop_after=stop_after, callback=cb, dist=dist,
         )  # fmt: skip
         best = ckpt_dir / "best.pt"
         if not history["interrupted"] and best.exists():
             restore(student, load_checkpoint(best, dev)["model"], best)
 
+    if not dist.main:
+        return {"rank": dist.rank, "run_dir": str(run_dir)}
     comp_acc = accuracy(student, val, dev)
     resolved = resolved_recipe(rec, the_plan)
     model_path = run_dir / "model.safetensors"
     size = save_compressed(
         student, model_path, arch=arch_name, num_classes=num_classes, recipe=resolved,
-        dtype=dtypes[cores_dtype],
+        dtype=dtype,
     )  # fmt: skip
     report: dict[str, Any] = {
         "recipe": source,
@@ -269,6 +319,7 @@ def compress(
         "data_description": datasets.description,
         "seed": seed,
         "device": str(dev),
+        "processes": dist.world,
         "command": argv if argv is not None else sys.argv,
         "versions": {
             "adntn": __version__,

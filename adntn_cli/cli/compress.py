@@ -63,18 +63,23 @@ def compress(
       adntn compress teacher.pt --arch vgg16 --recipe vgg16 --data imagefolder:/data/imagenet
       adntn compress torchvision:resnet18 --recipe my.yaml --data synthetic:256 --out runs/try
       adntn compress teacher.pt --recipe demo --out runs/demo --resume
+      torchrun --nproc_per_node=8 -m adntn_cli compress teacher.pt --recipe vgg16 --data ...
     """
     import json
 
+    from ..distributed import from_env
     from ..pipeline import compress as run
     from .progress import Reporter
 
-    with Reporter(quiet) as reporter:
+    main_process = from_env().main  # under torchrun only rank 0 prints
+    with Reporter(quiet or not main_process) as reporter:
         report = run(
             model, recipe, data=data, out=out_dir, device=device, seed=seed, resume=resume,
             force=force, arch=arch, allow_pickle=allow_pickle, callback=reporter,
             argv=["adntn", *sys.argv[1:]], cores_dtype=cores_dtype,
         )  # fmt: skip
+    if not main_process:
+        return
     if json_:
         typer.echo(json.dumps(report, indent=1))
     else:

@@ -26,6 +26,7 @@ from torch import nn
 
 from adntn_cli.data import Datasets, loaders, make_datasets
 from adntn_cli.distill import finetune, layerwise_fit, recalibrate_batchnorm
+from adntn_cli.errors import RecipeError
 from adntn_cli.evaluate import accuracy, agreement, count_params
 from adntn_cli.plan import apply_plan, plan
 from adntn_cli.recipe import parse_recipe
@@ -170,7 +171,9 @@ def run_cell(
     student = copy.deepcopy(base)
     try:
         the_plan = plan(student, recipe, batch=schedule.batch)
-    except TNConfigError as err:
+    except (TNConfigError, RecipeError) as err:
+        if "cannot reach" not in str(err):
+            raise
         return {**row, "status": "unreachable", "reason": str(err)}
     torch.manual_seed(cell.seed)
     apply_plan(student, the_plan, generator=torch.Generator().manual_seed(cell.seed))
