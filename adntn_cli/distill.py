@@ -350,6 +350,7 @@ def finetune(
     with _deferred_signals() as caught:  # a signal is honoured between steps, after a save
         autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda")
         student.train()
+        channels_last = _is_channels_last(teacher)  # then feed NHWC batches too
         while state["step"] < total:
             # The epoch's order is a function of (seed, epoch): a resumed run starts inside it
             # without loading the batches it skips. The workers' seeds follow the epoch too.
@@ -358,6 +359,8 @@ def finetune(
             g.manual_seed(sampler.seed * 1_000_003 + epoch)
             for x, y in train:
                 x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+                if x.dim() == 4 and channels_last:
+                    x = x.contiguous(memory_format=torch.channels_last)
                 with torch.no_grad(), autocast:
                     t_logits = teacher(x)
                 with autocast:
@@ -409,6 +412,16 @@ def finetune(
                     break
         barrier(dist)  # best.pt and last.pt are on disk for every rank
         return {**state, "total": total, "interrupted": False}
+
+
+def _is_channels_last(model: nn.Module) -> bool:
+    """Whether ``model``'s conv weights were moved to NHWC (``to(memory_format=...)``)."""
+    return any(
+        p.dim() == 4
+        and not p.is_contiguous()
+        and p.is_contiguous(memory_format=torch.channels_last)
+        for p in model.parameters()
+    )
 
 
 def _rng_state(device: torch.device) -> dict[str, Any]:

@@ -28,6 +28,9 @@ __all__ = [
 ]
 
 
+NHWC = torch.channels_last
+
+
 def _target_std(weight: torch.Tensor) -> float | None:
     """The std a generator should start at: the replaced weight's (None on the meta device)."""
     return None if weight.device.type == "meta" else float(weight.detach().float().std())
@@ -233,6 +236,8 @@ class GeneratedConv2d(GeneratedModule):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         w = self.weight
+        if x.dim() == 4 and not x.is_contiguous() and x.is_contiguous(memory_format=NHWC):
+            w = w.contiguous(memory_format=NHWC)  # (O, C, kh, kw) laid out as the input is
         if self.padding_mode != "zeros":
             x = F.pad(x, self._reversed_padding_repeated_twice, mode=self.padding_mode)
             return F.conv2d(x, w, self.bias, self.stride, 0, self.dilation, self.groups)

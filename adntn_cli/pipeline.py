@@ -37,6 +37,7 @@ from .distill import (
 from .errors import AdntnError, DataError, RunDirError
 from .evaluate import accuracy, agreement
 from .io import save_compressed
+from .layers import compile_generators
 from .models import load_model
 from .plan import Plan, apply_plan, plan
 from .recipe import Recipe, load_recipe
@@ -170,12 +171,14 @@ def compress(
     callback: Callback | None = None,
     argv: list[str] | None = None,
     cores_dtype: str = "float32",
+    compile_mode: str | None = None,
 ) -> dict[str, Any]:
     """Compress ``model`` with ``recipe``; returns the report (also written to the run directory).
 
     ``model`` is ``torchvision:NAME`` or a state-dict file (architecture from ``arch`` or the
     recipe's ``model.arch``); ``data`` overrides the recipe's ``data.train``; ``cores_dtype``
-    (float32 or bfloat16) is how the generator cores are stored in model.safetensors.
+    (float32 or bfloat16) is how the generator cores are stored in model.safetensors;
+    ``compile_mode`` (auto, on, off) overrides the recipe's ``distill.compile``.
     ``stop_after`` ends the end-to-end step early, checkpointed (an interruption, for tests);
     ``resume`` continues it.
     """
@@ -184,6 +187,8 @@ def compress(
     dtypes = {"float32": None, "bfloat16": torch.bfloat16}
     if cores_dtype not in dtypes:
         raise AdntnError(f"cores dtype {cores_dtype!r} is not offered; valid: float32, bfloat16")
+    if compile_mode not in (None, "auto", "on", "off"):
+        raise AdntnError(f"--compile {compile_mode!r}: valid: auto, on, off")
     if not 0 <= seed < 2**32:
         raise AdntnError(f"--seed {seed}: a seed is a whole number from 0 to {2**32 - 1}")
     rec, source = load_recipe(recipe)
@@ -201,9 +206,16 @@ def compress(
             model, rec, source, recipe, dist=dist, dev=dev, data=data, out=out, seed=seed,
             resume=resume, force=force, arch=arch, allow_pickle=allow_pickle,
             stop_after=stop_after, cb=cb, argv=argv, dtype=dtypes[cores_dtype], started=started,
+            compile_mode=compile_mode or rec.distill.compile,
         )  # fmt: skip
     finally:
         distributed.shutdown(dist)
+
+
+def channels_last_pays(model: torch.nn.Module, device: torch.device) -> bool:
+    """NHWC for convolutional models on CUDA: cuDNN's tensor-core kernels want it (on a CPU
+    it rarely helps)."""
+    return device.type == "cuda" and any(isinstance(m, torch.nn.Conv2d) for m in model.modules())
 
 
 def _quiet(_: Progress) -> None:
@@ -230,6 +242,7 @@ def _compress(
     argv: list[str] | None,
     dtype: torch.dtype | None,
     started: float,
+    compile_mode: str,
 ) -> dict[str, Any]:
     out_dir = Path(out) if out is not None else new_run_dir(source)
     out_dir = Path(distributed.broadcast(dist, str(out_dir)))  # rank 0 picks runs/<name>-<n>
@@ -273,6 +286,10 @@ def _compress(
     apply_plan(student, the_plan, generator=torch.Generator().manual_seed(seed))
     student.to(dev)
     names = [lp.layer for lp in the_plan.layers]
+    if channels_last_pays(student, dev):
+        teacher.to(memory_format=torch.channels_last)
+        student.to(memory_format=torch.channels_last)
+    compiled = compile_generators(student, compile_mode)
 
     stage = ckpt_dir / "layerwise.pt"
     if resume and stage.exists():
@@ -337,6 +354,7 @@ def _compress(
             "val_images": comp_acc["n"],
         },
         "layerwise": fit,
+        "compiled": compiled,
         "batchnorm_recalibrated": recalibrated,
         "finetune": {k: history[k] for k in ("step", "total", "interrupted")},
         "files": {"model": str(model_path), "model_bytes": size},

@@ -225,3 +225,12 @@ def test_compiled_generator_matches_eager():
         layer.generator.state_dict().keys()
         == GeneratedLinear(48, 32, TTN).generator.state_dict().keys()
     )
+
+
+def test_generated_conv_follows_a_channels_last_input():
+    conv = nn.Conv2d(8, 16, 3, padding=1)
+    layer = GeneratedConv2d.from_module(conv, TTN)
+    x = torch.randn(2, 8, 6, 6)
+    ref = layer(x)
+    y = layer(x.contiguous(memory_format=torch.channels_last))
+    torch.testing.assert_close(y, ref, rtol=1e-5, atol=1e-5)

@@ -54,6 +54,14 @@ def compress(
     cores_dtype: Annotated[
         str, typer.Option("--cores-dtype", help="Store the cores as float32 or bfloat16.")
     ] = "float32",
+    compile_mode: Annotated[
+        str | None,
+        typer.Option(
+            "--compile",
+            help="torch.compile the generators: auto (CUDA only), on, off (default: the "
+            "recipe's distill.compile).",
+        ),
+    ] = None,
     quiet: Quiet = False,
     json_: Json = False,
 ) -> None:
@@ -76,7 +84,7 @@ def compress(
         report = run(
             model, recipe, data=data, out=out_dir, device=device, seed=seed, resume=resume,
             force=force, arch=arch, allow_pickle=allow_pickle, callback=reporter,
-            argv=["adntn", *sys.argv[1:]], cores_dtype=cores_dtype,
+            argv=["adntn", *sys.argv[1:]], cores_dtype=cores_dtype, compile_mode=compile_mode,
         )  # fmt: skip
     if not main_process:
         return

@@ -137,6 +137,9 @@ class Finetune(_Strict):
 class Distill(_Strict):
     layerwise: Layerwise = Field(default_factory=Layerwise)
     finetune: Finetune = Field(default_factory=Finetune)
+    compile: Literal["auto", "on", "off"] = Field(
+        default="off", description="torch.compile the generators: auto = on CUDA only"
+    )
 
 
 class Data(_Strict):

@@ -18,7 +18,7 @@ import math
 import tempfile
 import time
 from collections import OrderedDict
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import torch
@@ -50,10 +50,17 @@ class Cell:
     budget: int  # target "x fewer parameters" per replaced layer (unit "all": whole model)
     structure: str
     seed: int
+    variant: str = ""  # "" (the grid's settings) or a name in VARIANTS
 
     @property
     def key(self) -> str:
-        return f"{self.teacher}/{self.unit}/{self.budget}/{self.structure}/s{self.seed}"
+        key = f"{self.teacher}/{self.unit}/{self.budget}/{self.structure}/s{self.seed}"
+        return f"{key}/{self.variant}" if self.variant else key
+
+    @property
+    def group(self) -> str:
+        """The key without the seed: the cells whose numbers are averaged together."""
+        return f"{self.teacher}/{self.unit}/{self.budget}/{self.structure}/{self.variant}"
 
 
 @dataclass(frozen=True)
@@ -103,7 +110,21 @@ def features(model: nn.Module, data: Datasets, device: torch.device) -> Datasets
 
 def layer_recipe(cell: Cell, names: list[str]) -> dict:
     rules = [{"select": n, "structure": cell.structure, "target_ratio": cell.budget} for n in names]
+    if "linear" in cell.variant.split("-") and cell.structure in ("ttn", "augttn", "mera"):
+        for rule in rules:
+            rule["activation"] = "identity"
     return {"version": 1, "layers": rules, "limits": {"memory_gb": MEMORY_GB}}
+
+
+def schedule_for(cell: Cell) -> Schedule:
+    """The grid's schedule, or the variant's: ``long`` fits 4x longer layer-wise and distils
+    4x (FC) or 3x (whole model) longer; ``linear`` keeps the schedule and drops the
+    activations (a multilinear tree, for the ablation)."""
+    base = WHOLE_MODEL_SCHEDULE if cell.unit == "all" else Schedule()
+    if "long" not in cell.variant.split("-"):
+        return base
+    factor = 3 if cell.unit == "all" else 4
+    return replace(base, layerwise_steps=4 * base.layerwise_steps, epochs=factor * base.epochs)
 
 
 def whole_vgg_recipe(cell: Cell) -> dict:
@@ -167,7 +188,7 @@ def run_cell(
     recipe = parse_recipe(
         whole_vgg_recipe(cell) if whole else layer_recipe(cell, UNITS[cell.teacher][cell.unit])
     )
-    row: dict = {"key": cell.key, **asdict(cell)}
+    row: dict = {"key": cell.key, **asdict(cell), "schedule": asdict(schedule)}
     student = copy.deepcopy(base)
     try:
         the_plan = plan(student, recipe, batch=schedule.batch)

@@ -18,13 +18,14 @@ import os
 import platform
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from cells import WHOLE_MODEL_SCHEDULE, Cell, Schedule, cell_data, run_cell
+from cells import WHOLE_MODEL_SCHEDULE, Cell, Schedule, cell_data, run_cell, schedule_for
 from tables import write_markdown
 from teachers import teacher
 
@@ -72,6 +73,11 @@ def grid(name: str) -> list[Cell]:
     ]
 
 
+def _group(row: dict) -> str:
+    return Cell(*(row[k] for k in ("teacher", "unit", "budget", "structure", "seed")),
+                variant=row.get("variant", "")).group  # fmt: skip
+
+
 def load_rows(path: Path) -> list[dict]:
     return json.loads(path.read_text())["rows"] if path.exists() else []
 
@@ -88,6 +94,12 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--shard", default="1/1", help="i/n: run every n-th cell starting at the i-th")
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--only", default="", help="run cells whose key contains this text")
+    ap.add_argument(
+        "--variant",
+        default="",
+        choices=["", "long", "linear", "long-linear"],
+        help="run the grid's cells with a variant (see cells.schedule_for): tries for targets",
+    )
     ap.add_argument("--out", type=Path, default=RESULTS / "accuracy.json")
     ap.add_argument("--tables", action="store_true", help="only rewrite accuracy.md")
     args = ap.parse_args(argv)
@@ -116,15 +128,16 @@ def main(argv: list[str] | None = None) -> None:
         meta["teachers"] = old.get("teachers", {})
     rows = load_rows(args.out)
     done = {r["key"] for r in rows}
-    todo = [c for k, c in enumerate(grid(args.grid)) if k % n == i - 1]
+    cells = [replace(c, variant=args.variant) for c in grid(args.grid)]
+    todo = [c for k, c in enumerate(cells) if k % n == i - 1]
     todo = [c for c in todo if c.key not in done and args.only in c.key]
     # an unreachable budget needs one row, not one per seed
-    unreachable = {r["key"].rsplit("/", 1)[0] for r in rows if r["status"] == "unreachable"}
-    todo = [c for c in todo if c.key.rsplit("/", 1)[0] not in unreachable]
+    unreachable = {_group(r) for r in rows if r["status"] == "unreachable"}
+    todo = [c for c in todo if c.group not in unreachable]
     print(f"{len(todo)} cells to run ({len(done)} already in {args.out})", flush=True)
     cache: dict = {}
     for cell in todo:
-        if cell.key.rsplit("/", 1)[0] in unreachable:
+        if cell.group in unreachable:
             continue
         if cell.teacher not in cache:
             model, info = teacher(cell.teacher, SIZES_FOR[args.grid][cell.teacher], device)
@@ -138,14 +151,14 @@ def main(argv: list[str] | None = None) -> None:
         if kind not in datas:
             datas[kind] = cell_data(model, cell.unit, SIZES_FOR[args.grid][cell.teacher], device)
         t = time.time()
-        schedule = schedules["all" if cell.unit == "all" else "fc"]
+        schedule = schedule_for(cell)
         row = run_cell(cell, model, datas[kind], schedule, device)
         row["dense_top1"] = meta["teachers"][cell.teacher]["top1"]
         rows = [r for r in load_rows(args.out) if r["key"] != row["key"]] + [row]
         save_rows(args.out, meta, rows)
         write_markdown({**meta, "rows": rows}, md)
         if row["status"] == "unreachable":
-            unreachable.add(cell.key.rsplit("/", 1)[0])
+            unreachable.add(cell.group)
             print(f"{cell.key}: unreachable", flush=True)
         else:
             print(

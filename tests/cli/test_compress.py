@@ -57,6 +57,11 @@ def test_compress_writes_the_run_directory(files, tmp_path):
     assert {"top1", "top5"} <= set(report["accuracy"]["compressed"])
     assert report["layers"][0]["ratio"] >= 300 and report["seed"] == 0
     assert report["versions"]["torch"] == torch.__version__
+    assert report["processes"] == 1
+    assert report["compiled"] == {  # the recipe's default: off
+        "classifier.0.generator": "eager: compile off",
+        "classifier.3.generator": "eager: compile off",
+    }
     with safe_open(str(out / "model.safetensors"), "pt") as f:
         meta, keys = f.metadata(), set(f.keys())
     assert meta["format"] == "adntn/1" and meta["arch"] == "demo_vgg"
@@ -107,3 +112,16 @@ def test_bad_compress_input_exits_2(files, tmp_path, extra, message):
     result = runner.invoke(app, [*args, *extra])
     assert result.exit_code == 2, result.output
     assert message in result.output
+
+
+def test_compile_mode_is_checked_and_auto_stays_eager_on_the_cpu(files, tmp_path):
+    model, recipe = files
+    args = ["compress", str(model), "--recipe", str(recipe), "--data", "synthetic:64",
+            "--device", "cpu", "--quiet"]  # fmt: skip
+    bad = runner.invoke(app, [*args, "--out", str(tmp_path / "a"), "--compile", "fast"])
+    assert bad.exit_code == 2 and "--compile 'fast': valid: auto, on, off" in bad.output
+    assert not (tmp_path / "a").exists()
+    ok = runner.invoke(app, [*args, "--out", str(tmp_path / "b"), "--compile", "auto"])
+    assert ok.exit_code == 0, ok.output
+    compiled = json.loads((tmp_path / "b" / "report.json").read_text())["compiled"]
+    assert set(compiled.values()) == {"eager: compile auto, not on CUDA"}
