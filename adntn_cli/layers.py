@@ -86,8 +86,9 @@ class GeneratedModule(nn.Module):
         return sum(g.dense_params for g in self.generators().values())
 
     def train(self, mode: bool = True) -> GeneratedModule:
-        for cache in self.__dict__.get("_caches", {}).values():
-            cache.key = cache.value = None
+        if mode:  # training makes a cached weight stale; eval() on an eval model keeps it
+            for cache in self.__dict__.get("_caches", {}).values():
+                cache.key = cache.value = None
         return super().train(mode)
 
     def _weight(self, name: str, padded: bool = False) -> torch.Tensor:

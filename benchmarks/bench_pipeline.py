@@ -87,21 +87,22 @@ def steps(model, teacher, x, y, device, channels_last: bool) -> dict[str, Callab
         loss.backward()
         opt.step()
 
-    def evaluate(cached: bool) -> Callable[[], None]:
-        def run() -> None:
-            model.eval()
-            use_weight_cache(model, cached)
-            with torch.no_grad(), autocast:
-                model(x)
+    def evaluate() -> None:
+        model.eval()
+        with torch.no_grad(), autocast:
+            model(x)
 
-        return run
+    return {"train": train, "distill": distill, "eval_cached": evaluate, "eval_contract": evaluate}
 
-    return {
-        "train": train,
-        "distill": distill,
-        "eval_cached": evaluate(True),
-        "eval_contract": evaluate(False),
-    }
+
+def held_bytes(model: torch.nn.Module) -> int:
+    """Memory the model holds between calls: parameters, buffers and cached generated weights."""
+    tensors = [*model.parameters(), *model.buffers()]
+    for m in model.modules():
+        for cache in m.__dict__.get("_caches", {}).values():
+            if cache.held:
+                tensors.append(cache.value)
+    return sum(t.numel() * t.element_size() for t in tensors)
 
 
 def measure(args: argparse.Namespace) -> list[dict]:
@@ -127,6 +128,7 @@ def measure(args: argparse.Namespace) -> list[dict]:
     for mode in MODES:
         times: dict[str, list[float]] = {"dense": [], "compressed": []}
         peaks: dict[str, int] = {"dense": 0, "compressed": 0}
+        use_weight_cache(compressed, mode != "eval_contract")  # the cache is on by default
         for which in ops:
             for _ in range(args.warmup):
                 ops[which][mode]()
@@ -152,6 +154,8 @@ def measure(args: argparse.Namespace) -> list[dict]:
             "throughput_ratio": d / c,
             "dense_peak_bytes": peaks["dense"],
             "compressed_peak_bytes": peaks["compressed"],
+            "dense_held_bytes": held_bytes(dense),
+            "compressed_held_bytes": held_bytes(compressed),
             "dense_params": sum(p.numel() for p in dense.parameters()),
             "compressed_params": sum(p.numel() for p in compressed.parameters()),
             "replaced_ratio": report.totals["replaced_ratio"],
@@ -162,7 +166,9 @@ def measure(args: argparse.Namespace) -> list[dict]:
         print(
             f"{mode:14s} dense {row['dense_ips']:9.1f} img/s  compressed "
             f"{row['compressed_ips']:9.1f} img/s  ratio {row['throughput_ratio']:.2f}  peak "
-            f"{peaks['dense'] / 2**20:,.0f} / {peaks['compressed'] / 2**20:,.0f} MiB",
+            f"{peaks['dense'] / 2**20:,.0f} / {peaks['compressed'] / 2**20:,.0f} MiB  held "
+            f"{row['dense_held_bytes'] / 2**20:,.1f} / {row['compressed_held_bytes'] / 2**20:,.1f} "
+            "MiB",
             flush=True,
         )
     return rows
@@ -176,20 +182,23 @@ def to_markdown(doc: dict) -> str:
         "peak memory of the step (CUDA only). `train`: student step (forward, backward, AdamW); "
         "`distill`: the same plus the frozen teacher's forward; `eval_cached`: eval forward with "
         "cached generated weights; `eval_contract`: eval forward with the cache off (contractible "
-        "layers never form their weight). Commands:",
+        "layers never form their weight). Peak: the step's largest allocation (CUDA only; 0 on "
+        "the CPU, where it is not measured). Held: what the model keeps between calls "
+        "(parameters, buffers, cached generated weights), after the mode ran. Commands:",
         "",
         *[f"- `{c}`" for c in doc["commands"]],
         "",
         "| model | recipe | device | input | batch | mode | dense img/s | compressed img/s | "
-        "ratio | dense peak MiB | compressed peak MiB |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
+        "ratio | dense peak MiB | compressed peak MiB | dense held MiB | compressed held MiB |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in doc["rows"]:
         lines.append(
             f"| {r['model']} | {r['recipe']} | {r['device_name']} | {r['size']} | {r['batch']} | "
             f"{r['mode']} | {r['dense_ips']:,.1f} | {r['compressed_ips']:,.1f} | "
             f"{r['throughput_ratio']:.2f}x | {r['dense_peak_bytes'] / 2**20:,.0f} | "
-            f"{r['compressed_peak_bytes'] / 2**20:,.0f} |"
+            f"{r['compressed_peak_bytes'] / 2**20:,.0f} | {r['dense_held_bytes'] / 2**20:,.1f} | "
+            f"{r['compressed_held_bytes'] / 2**20:,.1f} |"
         )
     return "\n".join(lines) + "\n"
 

@@ -88,6 +88,17 @@ def test_eval_cache_reused_until_an_optimiser_step():
         assert not torch.allclose(layer(x), y1)
 
 
+def test_eval_cache_survives_eval_again_and_is_dropped_by_train():
+    layer = GeneratedLinear(96, 64, StructureSpec("mera", bond_dim=2)).eval()
+    with torch.no_grad():
+        w = layer.weight
+        layer.eval()  # an evaluation loop calls eval() every time: the cache stays
+        assert layer.weight is w
+        layer.train()
+        layer.eval()
+        assert layer.weight is not w
+
+
 def test_eval_cache_sees_in_place_core_edits_and_state_loads():
     layer = GeneratedLinear(96, 64, TTN).eval()
     with torch.no_grad():
