@@ -26,7 +26,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).parent))
 
 from cells import WHOLE_MODEL_SCHEDULE, Cell, Schedule, cell_data, run_cell, schedule_for
-from tables import write_markdown
+from tables import write_markdown, write_plot
 from teachers import teacher
 
 RESULTS = Path(__file__).parents[1] / "results"
@@ -105,7 +105,9 @@ def main(argv: list[str] | None = None) -> None:
     args = ap.parse_args(argv)
     md = args.out.with_suffix(".md")
     if args.tables:
-        write_markdown(json.loads(args.out.read_text()), md)
+        doc = json.loads(args.out.read_text())
+        write_markdown(doc, md)
+        write_plot(doc, args.out.with_suffix(".png"))
         return
     i, n = (int(v) for v in args.shard.split("/"))
     device = torch.device(args.device)

@@ -160,3 +160,50 @@ def write_markdown(doc: dict, path: Path) -> None:
             lines += ["", f"Best ADNTN against the best baseline, {title}:", ""]
             lines += [f"- {b:,}x: {v}" for b, v in verdicts]
     path.write_text("\n".join(lines) + "\n")
+
+
+def write_plot(doc: dict, path: Path) -> None:
+    """Top-1 against "x fewer parameters" per structure (mean and spread over seeds), one panel
+    per teacher and layer set with more than one budget; the dense teacher as a line."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    summary = summarise(doc["rows"])
+    panels = sorted(
+        {
+            k[:2]
+            for k in summary
+            if len({b for b in summary if b[:2] == k[:2]}) > 1 and k[1] != "all"
+        }
+    )
+    if not panels:
+        return
+    fig, axes = plt.subplots(1, len(panels), figsize=(6 * len(panels), 4.2), squeeze=False)
+    for ax, (teacher, unit) in zip(axes[0], panels, strict=True):
+        names = sorted({k[3] for k in summary if k[:2] == (teacher, unit)})
+        for name in names:
+            pts = sorted(
+                (v["replaced_ratio"], v["top1"], v["spread"])
+                for k, v in summary.items()
+                if k[:2] == (teacher, unit) and k[3] == name and v["status"] == "done"
+            )
+            if not pts:
+                continue
+            xs, ys, es = zip(*pts, strict=True)
+            style = "--" if " " in name else "-"
+            ax.errorbar(xs, [100 * y for y in ys], yerr=[100 * e for e in es], label=name,
+                        marker="o", linestyle=style, capsize=3)  # fmt: skip
+        dense = doc["teachers"][teacher]["top1"]
+        ax.axhline(100 * dense, color="black", linewidth=0.8, label="dense")
+        ax.set_xscale("log")
+        ax.set_xlabel("x fewer parameters (replaced layers, log scale)")
+        ax.set_ylabel("top-1 %")
+        ax.set_ylim(0, 102)
+        ax.set_title(f"{teacher}: {UNIT_NAMES[unit]}")
+        ax.grid(True, which="both", alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)

@@ -19,21 +19,12 @@ from typer.testing import CliRunner
 
 from adntn_cli.cli.app import app, register_commands
 from adntn_cli.models import build_model
+from tests.cli.tiny import tiny_recipe
 
 register_commands()
 runner = CliRunner()
 
-RECIPE = """\
-version: 1
-model: {arch: demo_vgg, num_classes: 10, input_size: 32}
-layers:
-  - select: classifier.3
-    bond_dim: 3
-distill:
-  layerwise: {steps: 2, batches: 1}
-  finetune: {epochs: 0.1, checkpoint_every: 1}
-data: {batch_size: 16}
-"""
+RECIPE = tiny_recipe(0.1, 1, layerwise_steps=2)
 
 
 @pytest.fixture(scope="module")

@@ -17,23 +17,14 @@ import adntn_cli.distill as distill
 from adntn_cli.cli.app import app, register_commands
 from adntn_cli.distill import load_checkpoint
 from adntn_cli.models import build_model
+from tests.cli.tiny import tiny_recipe
 
 register_commands()
 runner = CliRunner()
 REAL_WRITE = atomic._write_file
 
 # synthetic:64 -> 48 training images, 3 steps an epoch: 6 steps, last.pt at steps 2, 4 and 6
-RECIPE = """\
-version: 1
-model: {arch: demo_vgg, num_classes: 10, input_size: 32}
-layers:
-  - select: classifier.3
-    bond_dim: 3
-distill:
-  layerwise: {steps: 5, batches: 1}
-  finetune: {epochs: 2, lr: 1.0e-3, checkpoint_every: 2}
-data: {batch_size: 16}
-"""
+RECIPE = tiny_recipe(2, 2)
 
 
 @pytest.fixture(scope="module")

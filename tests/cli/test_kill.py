@@ -14,20 +14,11 @@ from safetensors.torch import load_file
 
 from adntn_cli.distill import load_checkpoint
 from adntn_cli.models import build_model
+from tests.cli.tiny import tiny_recipe
 
 # synthetic:64 -> 48 training images, 3 steps an epoch: 15 steps, last.pt every 2 steps, an
 # evaluation (and maybe best.pt) at the end of every epoch
-RECIPE = """\
-version: 1
-model: {arch: demo_vgg, num_classes: 10, input_size: 32}
-layers:
-  - select: classifier.3
-    bond_dim: 3
-distill:
-  layerwise: {steps: 5, batches: 1}
-  finetune: {epochs: 5, lr: 1.0e-3, checkpoint_every: 2}
-data: {batch_size: 16}
-"""
+RECIPE = tiny_recipe(5, 2)
 TOTAL, EVERY = 15, 2
 
 

@@ -9,18 +9,9 @@ import torch
 from safetensors.torch import load_file
 
 from adntn_cli.models import build_model
+from tests.cli.tiny import tiny_recipe
 
-RECIPE = """\
-version: 1
-model: {arch: demo_vgg, num_classes: 10, input_size: 32}
-layers:
-  - select: classifier.3
-    bond_dim: 3
-distill:
-  layerwise: {steps: 5, batches: 1}
-  finetune: {epochs: 30, lr: 1.0e-3, checkpoint_every: 100000}
-data: {batch_size: 16}
-"""
+RECIPE = tiny_recipe(30, 100000)
 
 
 def _command(tmp_path, out, *extra):

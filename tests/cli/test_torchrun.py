@@ -12,20 +12,11 @@ from typer.testing import CliRunner
 
 from adntn_cli.cli.app import app, register_commands
 from adntn_cli.models import build_model
+from tests.cli.tiny import tiny_recipe
 
 register_commands()
 
-RECIPE = """\
-version: 1
-model: {arch: demo_vgg, num_classes: 10, input_size: 32}
-layers:
-  - select: classifier.3
-    bond_dim: 3
-distill:
-  layerwise: {steps: 5, batches: 1}
-  finetune: {epochs: 2, lr: 1.0e-3, checkpoint_every: 3}
-data: {batch_size: 16}
-"""
+RECIPE = tiny_recipe(2, 3)
 
 
 def _files(tmp_path):
