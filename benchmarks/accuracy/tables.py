@@ -47,7 +47,9 @@ def summarise(rows: list[dict]) -> dict[tuple, dict]:
             "min_layer_ratio": min(layer["ratio"] for layer in rs[0]["layers"]),
             "model_ratio": rs[0]["model_ratio"],
             "tn_params": sum(layer["tn_params"] for layer in rs[0]["layers"]),
-            "bond_dim": "; ".join(str(layer["bond_dim"]) for layer in rs[0]["layers"]),
+            "bond_dim": "; ".join(str(layer["bond_dim"]) for layer in rs[0]["layers"])
+            if len(rs[0]["layers"]) <= 3
+            else f"{len(rs[0]['layers'])} layers: see the JSON",
             "seconds": statistics.median(r["seconds"] for r in rs),
             "val_images": rs[0]["val_images"],
         }
