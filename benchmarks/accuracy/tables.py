@@ -173,13 +173,10 @@ def write_plot(doc: dict, path: Path) -> None:
     import matplotlib.pyplot as plt
 
     summary = summarise(doc["rows"])
-    panels = sorted(
-        {
-            k[:2]
-            for k in summary
-            if len({b for b in summary if b[:2] == k[:2]}) > 1 and k[1] != "all"
-        }
-    )
+    budgets: dict[tuple, set] = defaultdict(set)
+    for k in summary:
+        budgets[k[:2]].add(k[2])
+    panels = sorted(k for k, b in budgets.items() if len(b) > 1)
     if not panels:
         return
     fig, axes = plt.subplots(1, len(panels), figsize=(6 * len(panels), 4.2), squeeze=False)
