@@ -25,10 +25,10 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader
 
-from .atomic import torch_bytes, write_bytes
+from .checkpoints import load_checkpoint, restore, restore_rng, rng_state, same_place, save_atomic
 from .data import EpochSampler
 from .distributed import Dist, any_true, barrier
-from .errors import CheckpointError, RunInterrupted, TrainingDivergedError
+from .errors import RunInterrupted, TrainingDivergedError
 from .evaluate import accuracy
 from .recipe.schema import Finetune
 
@@ -60,52 +60,6 @@ Callback = Callable[[Progress], None]
 
 def _quiet(_: Progress) -> None:
     pass
-
-
-def save_atomic(obj: Any, path: Path) -> None:
-    """``torch.save`` to a temporary file beside ``path``, then rename: never half a file.
-
-    A full disk raises ``DiskFullError`` with the temporary file removed and the previous
-    checkpoint intact (see ``adntn_cli.atomic``).
-    """
-    write_bytes(path, torch_bytes(obj))
-
-
-def load_checkpoint(path: Path, device: torch.device | str = "cpu") -> dict[str, Any]:
-    """A checkpoint written by ``save_atomic``, read without unpickling code (tensors, numbers,
-    strings and containers only); a damaged file is a ``CheckpointError``."""
-    try:
-        obj = torch.load(path, map_location=device, weights_only=True)
-    except Exception as err:  # torch raises many types for a damaged file
-        text = " ".join(str(err).split())
-        why = "truncated or corrupted" if "zip archive" in text else text[:200] or "unreadable"
-        raise CheckpointError(
-            f"{path}: not a readable adntn checkpoint ({why}); start over with --force"
-        ) from None
-    if not isinstance(obj, dict) or "model" not in obj:
-        raise CheckpointError(f"{path}: not an adntn checkpoint; start over with --force")
-    return obj
-
-
-def restore(module: nn.Module, state: dict[str, Any], path: Path) -> None:
-    """Load a checkpoint's weights; a checkpoint of another recipe is a ``CheckpointError``."""
-    fix = "resume with the recipe and model of that run, or start over with --force"
-    keys, saved = set(module.state_dict()), set(state)
-    if keys != saved:
-        missing, unexpected = sorted(keys - saved), sorted(saved - keys)
-        raise CheckpointError(
-            f"{path} does not fit the model this recipe builds: missing keys {missing[:4]}"
-            f"{' ...' if len(missing) > 4 else ''}, unexpected keys {unexpected[:4]}"
-            f"{' ...' if len(unexpected) > 4 else ''}; {fix}"
-        )
-    try:
-        module.load_state_dict(state)
-    except RuntimeError as err:  # same keys, other shapes
-        lines = [ln.strip() for ln in str(err).splitlines() if "size mismatch" in ln]
-        detail = (lines or [" ".join(str(err).split())])[0][:200]
-        raise CheckpointError(
-            f"{path} does not fit the model this recipe builds ({detail}); {fix}"
-        ) from None
 
 
 # -- step 1: layer-wise -------------------------------------------------------------------------
@@ -315,9 +269,9 @@ def finetune(
         restore(student, ckpt["model"], last)
         opt.load_state_dict(ckpt["optimizer"])
         sched.load_state_dict(ckpt["scheduler"])
-        _restore_rng(ckpt, dist, device)
+        restore_rng(ckpt, dist, device)
         state = {k: ckpt[k] for k in ("step", "best_top1", "history")}
-        state["step"] = _same_place(ckpt["step"], ckpt.get("per_epoch", per_epoch), per_epoch)
+        state["step"] = same_place(ckpt["step"], ckpt.get("per_epoch", per_epoch), per_epoch)
         state["per_epoch"] = per_epoch
         callback(Progress("checkpoint", state["step"], total, message=f"resumed from {last}"))
 
@@ -325,7 +279,7 @@ def finetune(
         """Rank 0 writes; a full save is a collective (every rank's RNG state is gathered)."""
         obj = {"model": student.state_dict(), **state}
         if full:
-            rng = _rng_state(device)
+            rng = rng_state(device)
             ranks = [rng]
             if dist.enabled:
                 ranks = [None] * dist.world
@@ -422,32 +376,3 @@ def _is_channels_last(model: nn.Module) -> bool:
         and p.is_contiguous(memory_format=torch.channels_last)
         for p in model.parameters()
     )
-
-
-def _rng_state(device: torch.device) -> dict[str, Any]:
-    return {
-        "torch": torch.get_rng_state(),
-        "cuda": torch.cuda.get_rng_state(device) if device.type == "cuda" else None,
-    }
-
-
-def _restore_rng(ckpt: dict[str, Any], dist: Dist, device: torch.device) -> None:
-    """This rank's RNG as saved; with another process count, rank 0's state plus the rank (the
-    dropout masks then differ from an uninterrupted run: see ``finetune``)."""
-    ranks = ckpt.get("rng_ranks") or [ckpt["rng"]]
-    same_world = len(ranks) == dist.world
-    rng = ranks[dist.rank] if same_world else ranks[0]
-    torch.set_rng_state(rng["torch"])
-    if device.type == "cuda" and rng.get("cuda") is not None:
-        torch.cuda.set_rng_state(rng["cuda"], device)
-    if not same_world and dist.rank:
-        torch.manual_seed(int(torch.randint(0, 2**31, ())) + dist.rank)
-
-
-def _same_place(step: int, saved_per_epoch: int, per_epoch: int) -> int:
-    """The step that starts at the same place in the data when the steps per epoch changed
-    (another process count with an uneven split)."""
-    if saved_per_epoch == per_epoch:
-        return step
-    epoch, done = divmod(step, saved_per_epoch)
-    return epoch * per_epoch + min(done, per_epoch)

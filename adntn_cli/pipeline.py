@@ -37,11 +37,11 @@ from .distill import (
 from .errors import AdntnError, DataError, RunDirError
 from .evaluate import accuracy, agreement
 from .io import save_compressed
-from .layers import compile_generators
 from .models import load_model
 from .plan import Plan, apply_plan, plan
 from .recipe import Recipe, load_recipe
 from .report import metrics_csv, to_markdown
+from .runtime import compile_generators
 
 __all__ = ["check_run_dir", "compress", "new_run_dir", "prepare_run_dir", "resolve_device"]
 

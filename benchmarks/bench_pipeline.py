@@ -35,10 +35,10 @@ import torch
 import torch.nn.functional as F
 
 from adntn_cli.distill import kd_loss
-from adntn_cli.layers import use_weight_cache
 from adntn_cli.models import build_model
 from adntn_cli.plan import compress_
 from adntn_cli.recipe import load_recipe
+from adntn_cli.runtime import use_weight_cache
 
 OUT = Path(__file__).parent / "results"
 MODES = ("train", "distill", "eval_cached", "eval_contract")

@@ -10,8 +10,8 @@ from adntn_cli.layers import (
     GeneratedLinear,
     GeneratedMultiheadAttention,
     from_module,
-    use_weight_cache,
 )
+from adntn_cli.runtime import compile_generators, use_weight_cache
 from adntn_cli.tn import StructureSpec, TNConfigError
 
 TTN = StructureSpec("ttn", bond_dim=4)
@@ -191,8 +191,6 @@ def test_meta_module_builds_a_meta_layer():
 
 
 def test_compile_generators_off_and_auto_on_cpu_keep_eager():
-    from adntn_cli.layers import compile_generators
-
     model = nn.Sequential(GeneratedLinear(96, 64, TTN))
     assert compile_generators(model, "off") == {"0.generator": "eager: compile off"}
     assert compile_generators(model, "auto") == {"0.generator": "eager: compile auto, not on CUDA"}
@@ -202,8 +200,6 @@ def test_compile_generators_off_and_auto_on_cpu_keep_eager():
 
 
 def test_a_compiler_that_fails_falls_back_to_eager(monkeypatch):
-    from adntn_cli.layers import compile_generators
-
     def broken(fn, **_):
         def run(*a, **k):
             raise RuntimeError("no C++ compiler found\nmore detail")
@@ -222,8 +218,6 @@ def test_a_compiler_that_fails_falls_back_to_eager(monkeypatch):
 
 @pytest.mark.slow
 def test_compiled_generator_matches_eager():
-    from adntn_cli.layers import compile_generators
-
     layer = GeneratedLinear(48, 32, StructureSpec("ttn", bond_dim=3))
     x = torch.randn(4, 48)
     eager_w, eager_y = layer.generator().detach(), layer.generator.contract(x).detach()

@@ -1,0 +1,91 @@
+"""Checkpoints: written atomically, read without unpickling, checked against the model, and the
+RNG state that makes a resumed run continue exactly (per rank when several processes run)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from .atomic import torch_bytes, write_bytes
+from .distributed import Dist
+from .errors import CheckpointError
+
+__all__ = ["load_checkpoint", "restore", "restore_rng", "rng_state", "same_place", "save_atomic"]
+
+
+def save_atomic(obj: Any, path: Path) -> None:
+    """``torch.save`` to a temporary file beside ``path``, then rename: never half a file.
+
+    A full disk raises ``DiskFullError`` with the temporary file removed and the previous
+    checkpoint intact (see ``adntn_cli.atomic``).
+    """
+    write_bytes(path, torch_bytes(obj))
+
+
+def load_checkpoint(path: Path, device: torch.device | str = "cpu") -> dict[str, Any]:
+    """A checkpoint written by ``save_atomic``, read without unpickling code (tensors, numbers,
+    strings and containers only); a damaged file is a ``CheckpointError``."""
+    try:
+        obj = torch.load(path, map_location=device, weights_only=True)
+    except Exception as err:  # torch raises many types for a damaged file
+        text = " ".join(str(err).split())
+        why = "truncated or corrupted" if "zip archive" in text else text[:200] or "unreadable"
+        raise CheckpointError(
+            f"{path}: not a readable adntn checkpoint ({why}); start over with --force"
+        ) from None
+    if not isinstance(obj, dict) or "model" not in obj:
+        raise CheckpointError(f"{path}: not an adntn checkpoint; start over with --force")
+    return obj
+
+
+def restore(module: nn.Module, state: dict[str, Any], path: Path) -> None:
+    """Load a checkpoint's weights; a checkpoint of another recipe is a ``CheckpointError``."""
+    fix = "resume with the recipe and model of that run, or start over with --force"
+    keys, saved = set(module.state_dict()), set(state)
+    if keys != saved:
+        missing, unexpected = sorted(keys - saved), sorted(saved - keys)
+        raise CheckpointError(
+            f"{path} does not fit the model this recipe builds: missing keys {missing[:4]}"
+            f"{' ...' if len(missing) > 4 else ''}, unexpected keys {unexpected[:4]}"
+            f"{' ...' if len(unexpected) > 4 else ''}; {fix}"
+        )
+    try:
+        module.load_state_dict(state)
+    except RuntimeError as err:  # same keys, other shapes
+        lines = [ln.strip() for ln in str(err).splitlines() if "size mismatch" in ln]
+        detail = (lines or [" ".join(str(err).split())])[0][:200]
+        raise CheckpointError(
+            f"{path} does not fit the model this recipe builds ({detail}); {fix}"
+        ) from None
+
+
+def rng_state(device: torch.device) -> dict[str, Any]:
+    return {
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state(device) if device.type == "cuda" else None,
+    }
+
+
+def restore_rng(ckpt: dict[str, Any], dist: Dist, device: torch.device) -> None:
+    """This rank's RNG as saved; with another process count, rank 0's state plus the rank (the
+    dropout masks then differ from an uninterrupted run: see ``finetune``)."""
+    ranks = ckpt.get("rng_ranks") or [ckpt["rng"]]
+    same_world = len(ranks) == dist.world
+    rng = ranks[dist.rank] if same_world else ranks[0]
+    torch.set_rng_state(rng["torch"])
+    if device.type == "cuda" and rng.get("cuda") is not None:
+        torch.cuda.set_rng_state(rng["cuda"], device)
+    if not same_world and dist.rank:
+        torch.manual_seed(int(torch.randint(0, 2**31, ())) + dist.rank)
+
+
+def same_place(step: int, saved_per_epoch: int, per_epoch: int) -> int:
+    """The step that starts at the same place in the data when the steps per epoch changed
+    (another process count with an uneven split)."""
+    if saved_per_epoch == per_epoch:
+        return step
+    epoch, done = divmod(step, saved_per_epoch)
+    return epoch * per_epoch + min(done, per_epoch)
