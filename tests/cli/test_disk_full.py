@@ -13,7 +13,7 @@ from safetensors.torch import load_file
 from typer.testing import CliRunner
 
 import adntn_cli.atomic as atomic
-import adntn_cli.distill as distill
+import adntn_cli.checkpoints as checkpoints
 from adntn_cli.cli.app import app, register_commands
 from adntn_cli.distill import load_checkpoint
 from adntn_cli.models import build_model
@@ -90,7 +90,7 @@ def test_a_full_disk_at_a_checkpoint_keeps_the_last_one_and_resume_finishes(
             kept["last"] = Path(path).read_bytes()
         return size
 
-    monkeypatch.setattr(distill, "write_bytes", spy)
+    monkeypatch.setattr(checkpoints, "write_bytes", spy)
     result = runner.invoke(app, _args(files, out))
     monkeypatch.undo()
 
