@@ -287,7 +287,7 @@ def finetune(
             obj.update(
                 optimizer=opt.state_dict(),
                 scheduler=sched.state_dict(),
-                rng=rng if dist.main else ranks[0],
+                rng=ranks[0],
                 rng_ranks=ranks,
                 world=dist.world,
             )

@@ -69,23 +69,23 @@ def steps(model, teacher, x, y, device, channels_last: bool) -> dict[str, Callab
     if channels_last:
         x = x.contiguous(memory_format=torch.channels_last)
 
-    def train() -> None:
-        model.train()
-        with autocast:
-            loss = F.cross_entropy(model(x).float(), y)
+    def step(loss: torch.Tensor) -> None:
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
+
+    def train() -> None:
+        model.train()
+        with autocast:
+            step(F.cross_entropy(model(x).float(), y))
 
     def distill() -> None:
         model.train()
         with torch.no_grad(), autocast:
             t_logits = teacher(x)
         with autocast:
-            loss = kd_loss(model(x), t_logits, y, 4.0, 0.9)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
+            logits = model(x)
+        step(kd_loss(logits, t_logits, y, 4.0, 0.9))
 
     def evaluate() -> None:
         model.eval()

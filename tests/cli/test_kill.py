@@ -6,15 +6,13 @@ from __future__ import annotations
 
 import re
 import subprocess
-import sys
 
 import pytest
 import torch
 from safetensors.torch import load_file
 
 from adntn_cli.distill import load_checkpoint
-from adntn_cli.models import build_model
-from tests.cli.tiny import tiny_recipe
+from tests.cli.tiny import compress_command, tiny_recipe, write_job
 
 # synthetic:64 -> 48 training images, 3 steps an epoch: 15 steps, last.pt every 2 steps, an
 # evaluation (and maybe best.pt) at the end of every epoch
@@ -23,16 +21,12 @@ TOTAL, EVERY = 15, 2
 
 
 def _command(tmp_path, out, *extra):
-    return [sys.executable, "-m", "adntn_cli.cli", "compress", str(tmp_path / "t.pt"), "--recipe",
-            str(tmp_path / "r.yaml"), "--data", "synthetic:64", "--device", "cpu", "--seed", "4",
-            "--out", str(out), *extra]  # fmt: skip
+    return compress_command(tmp_path, out, *extra, seed=4)
 
 
 @pytest.mark.slow
 def test_sigkill_then_resume_matches_an_uninterrupted_run_bitwise(tmp_path):
-    torch.manual_seed(0)
-    torch.save(build_model("demo_vgg", 10).state_dict(), tmp_path / "t.pt")
-    (tmp_path / "r.yaml").write_text(RECIPE)
+    write_job(tmp_path, RECIPE)
 
     whole = subprocess.run(_command(tmp_path, tmp_path / "whole", "-q"), capture_output=True,
                            text=True)  # fmt: skip

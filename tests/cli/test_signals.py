@@ -2,30 +2,24 @@
 
 import signal
 import subprocess
-import sys
 
 import pytest
 import torch
 from safetensors.torch import load_file
 
-from adntn_cli.models import build_model
-from tests.cli.tiny import tiny_recipe
+from tests.cli.tiny import compress_command, tiny_recipe, write_job
 
 RECIPE = tiny_recipe(30, 100000)
 
 
 def _command(tmp_path, out, *extra):
-    return [sys.executable, "-m", "adntn_cli.cli", "compress", str(tmp_path / "t.pt"), "--recipe",
-            str(tmp_path / "r.yaml"), "--data", "synthetic:64", "--device", "cpu", "--seed", "1",
-            "--out", str(out), *extra]  # fmt: skip
+    return compress_command(tmp_path, out, *extra, seed=1)
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
 def test_a_signal_saves_exits_130_and_resume_matches_an_uninterrupted_run(tmp_path, sig):
-    torch.manual_seed(0)
-    torch.save(build_model("demo_vgg", 10).state_dict(), tmp_path / "t.pt")
-    (tmp_path / "r.yaml").write_text(RECIPE)
+    write_job(tmp_path, RECIPE)
 
     whole = subprocess.run(_command(tmp_path, tmp_path / "whole", "-q"), capture_output=True,
                            text=True)  # fmt: skip
