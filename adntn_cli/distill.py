@@ -4,7 +4,8 @@ Step 1, layer-wise: each generated layer is fitted to the outputs of the dense l
 calibration batches (feature matching on the teacher's own inputs to that layer), which gives a good
 start where a weight-space fit at 10^3-10^5x compression cannot. Step 2, end-to-end: knowledge
 distillation (KL at temperature T, times T^2) plus cross-entropy on the labels, AdamW with warm-up
-and cosine decay, bf16 autocast on CUDA, gradient clipping, atomic checkpoints and exact resume.
+and cosine decay, mixed precision (bf16 autocast on CUDA by default, see runtime.MixedPrecision),
+gradient clipping, atomic checkpoints and exact resume.
 
 Nothing here prints: progress goes to a callback, results are returned.
 """
@@ -31,6 +32,7 @@ from .distributed import Dist, any_true, barrier
 from .errors import RunInterrupted, TrainingDivergedError
 from .evaluate import accuracy
 from .recipe.schema import Finetune
+from .runtime import MixedPrecision
 
 __all__ = [
     "Progress",
@@ -65,7 +67,11 @@ def _quiet(_: Progress) -> None:
 # -- step 1: layer-wise -------------------------------------------------------------------------
 @torch.no_grad()
 def _capture(
-    teacher: nn.Module, names: Sequence[str], batches: Iterable[torch.Tensor], device: torch.device
+    teacher: nn.Module,
+    names: Sequence[str],
+    batches: Iterable[torch.Tensor],
+    device: torch.device,
+    precision: MixedPrecision,
 ) -> dict[str, list[tuple[torch.Tensor, torch.Tensor]]]:
     """Inputs and outputs of the named teacher layers on the calibration batches."""
     store: dict[str, list] = {n: [] for n in names}
@@ -79,7 +85,8 @@ def _capture(
     try:
         teacher.eval()
         for x in batches:
-            teacher(x.to(device))
+            with precision.autocast():
+                teacher(x.to(device))
     finally:
         for h in hooks:
             h.remove()
@@ -87,11 +94,17 @@ def _capture(
 
 
 @torch.no_grad()
-def _relative_error(layer: nn.Module, pairs: Sequence[tuple[torch.Tensor, torch.Tensor]]) -> float:
+def _relative_error(
+    layer: nn.Module,
+    pairs: Sequence[tuple[torch.Tensor, torch.Tensor]],
+    precision: MixedPrecision,
+) -> float:
     num = den = 0.0
     for x, y in pairs:
-        num += float((layer(x) - y).pow(2).sum())
-        den += float(y.pow(2).sum())
+        with precision.autocast():
+            out = layer(x)
+        num += float((out.float() - y.float()).pow(2).sum())
+        den += float(y.float().pow(2).sum())
     return num / max(den, 1e-30)
 
 
@@ -105,31 +118,37 @@ def layerwise_fit(
     lr: float,
     device: torch.device | str = "cpu",
     callback: Callback = _quiet,
+    precision: MixedPrecision | None = None,
 ) -> dict[str, dict[str, float]]:
     """Fit each named student layer to the teacher layer's outputs; returns relative errors.
 
-    The loss is the squared error relative to the teacher output's power, with Adam and a cosine
-    decay. A fit that ends worse than it started is undone. MultiheadAttention layers are left to
-    the end-to-end step.
+    The loss is the squared error relative to the teacher output's power (in float32), with Adam
+    and a cosine decay; the teacher and the layer run under ``precision``'s autocast, as they
+    will in the end-to-end step. A fit that ends worse than it started is undone.
+    MultiheadAttention layers are left to the end-to-end step.
     """
     device = torch.device(device)
+    precision = precision or MixedPrecision(device.type)
     fit_names = [
         n for n in names if not isinstance(teacher.get_submodule(n), nn.MultiheadAttention)
     ]
-    io = _capture(teacher, fit_names, batches, device)
+    io = _capture(teacher, fit_names, batches, device, precision)
     results = {}
     for k, name in enumerate(fit_names):
         layer = student.get_submodule(name)
         pairs = io.pop(name)
         layer.train()
         before = {key: v.detach().clone() for key, v in layer.state_dict().items()}
-        initial = _relative_error(layer, pairs)
+        initial = _relative_error(layer, pairs, precision)
         params = [p for p in layer.parameters() if p.requires_grad]
         opt = torch.optim.Adam(params, lr=lr)
         sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, max(1, steps))
         for step in range(steps):
             x, y = pairs[step % len(pairs)]
-            loss = F.mse_loss(layer(x), y) / y.pow(2).mean().clamp_min(1e-30)
+            with precision.autocast():
+                out = layer(x)
+            y = y.float()
+            loss = F.mse_loss(out.float(), y) / y.pow(2).mean().clamp_min(1e-30)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -137,7 +156,7 @@ def layerwise_fit(
             if step % 50 == 0 or step == steps - 1:
                 metrics = {"loss": float(loss.detach())}
                 callback(Progress("layerwise", step + 1, steps, metrics, name))
-        final = _relative_error(layer, pairs)
+        final = _relative_error(layer, pairs, precision)
         if not math.isfinite(final) or final > initial:
             layer.load_state_dict(before)
             final = initial
@@ -232,6 +251,7 @@ def finetune(
     stop_after: int | None = None,
     callback: Callback = _quiet,
     dist: Dist | None = None,
+    precision: MixedPrecision | None = None,
 ) -> dict[str, Any]:
     """Knowledge distillation of ``student`` from ``teacher``; returns the history and best top-1.
 
@@ -246,9 +266,12 @@ def finetune(
     the same step. A run resumed with another number of processes continues at the same place
     in the data (the global batches do not depend on the process count), but dropout masks and
     BatchNorm batch statistics do, so it matches within a tolerance, not bitwise.
+    ``precision`` is the autocast of the forward passes (default: none); the loss is computed
+    in float32.
     """
     device = torch.device(device)
     dist = dist or Dist()
+    precision = precision or MixedPrecision(device.type)
     teacher.eval()
     for p in teacher.parameters():
         p.requires_grad_(False)
@@ -302,7 +325,6 @@ def finetune(
         model = DistributedDataParallel(student, device_ids=ids)
 
     with _deferred_signals() as caught:  # a signal is honoured between steps, after a save
-        autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda")
         student.train()
         channels_last = _is_channels_last(teacher)  # then feed NHWC batches too
         while state["step"] < total:
@@ -315,9 +337,9 @@ def finetune(
                 x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
                 if x.dim() == 4 and channels_last:
                     x = x.contiguous(memory_format=torch.channels_last)
-                with torch.no_grad(), autocast:
+                with torch.no_grad(), precision.autocast():
                     t_logits = teacher(x)
-                with autocast:
+                with precision.autocast():
                     s_logits = model(x)
                 loss = kd_loss(s_logits, t_logits, y, cfg.temperature, cfg.kd_weight)
                 (diverged,) = any_true(dist, [not bool(torch.isfinite(loss))], device)
@@ -342,7 +364,7 @@ def finetune(
                     and dist.main
                     and (end_of_epoch or (cfg.eval_every and step % cfg.eval_every == 0))
                 ):
-                    metrics = accuracy(student, val, device)
+                    metrics = accuracy(student, val, device, precision)
                     student.train()
                     row.update(val_top1=metrics["top1"], val_loss=metrics["loss"])
                     callback(Progress("eval", step, total, metrics))

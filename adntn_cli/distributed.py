@@ -5,19 +5,29 @@
 replica on its shard of every batch (``data.batch_size`` is the global batch, split evenly);
 rank 0 alone prints, checkpoints and writes the run directory. Without those variables
 everything here is a no-op for one process.
+
+How a process of such a run ends matters: once DistributedDataParallel has run, gloo's worker
+threads outlive ``destroy_process_group()``, and a normal interpreter exit can abort ("terminate
+called without an active exception", SIGABRT), on a rank that finished early even while rank 0
+is still writing. So every rank waits at a barrier after rank 0 has written (``compress`` ends
+with one), flushes its output and leaves through ``os._exit`` (``finish``), which runs no C++
+destructor.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
+import sys
 from dataclasses import dataclass
+from typing import NoReturn
 
 import torch
 import torch.distributed as tdist
 
 from .errors import AdntnError
 
-__all__ = ["Dist", "any_true", "barrier", "broadcast", "from_env", "init", "shutdown"]
+__all__ = ["Dist", "any_true", "barrier", "broadcast", "finish", "from_env", "init", "shutdown"]
 
 
 @dataclass(frozen=True)
@@ -70,8 +80,24 @@ def init(device: torch.device) -> tuple[Dist, torch.device]:
 
 
 def shutdown(d: Dist) -> None:
+    """Leave the process group (for a process that goes on; one that ends calls ``finish``)."""
     if d.enabled and tdist.is_initialized():
         tdist.destroy_process_group()
+
+
+def finish(code: int = 0, *, wait: bool = True) -> NoReturn:
+    """End this process of a several-process run: with ``wait``, a barrier first (no rank
+    leaves before every rank is done), then flushed output and ``os._exit(code)``, which does
+    not depend on gloo finalising (see the module docstring)."""
+    if wait and tdist.is_available() and tdist.is_initialized():
+        try:
+            tdist.barrier()
+        except RuntimeError:  # a peer already failed and left: end with a failure too
+            code = code or 1
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(OSError, ValueError):  # a closed pipe: nothing more to say
+            stream.flush()
+    os._exit(code)
 
 
 def barrier(d: Dist) -> None:

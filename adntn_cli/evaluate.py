@@ -2,24 +2,41 @@
 
 from __future__ import annotations
 
+import contextlib
+from typing import TYPE_CHECKING
+
 import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader
 
+if TYPE_CHECKING:
+    from .runtime import MixedPrecision
+
 __all__ = ["accuracy", "agreement", "count_params", "latency", "runtime_bytes"]
 
 
+def _autocast(precision: MixedPrecision | None) -> contextlib.AbstractContextManager:
+    return precision.autocast() if precision is not None else contextlib.nullcontext()
+
+
 @torch.no_grad()
-def accuracy(model: nn.Module, loader: DataLoader, device: torch.device | str = "cpu") -> dict:
-    """``{top1, top5, loss, n}``: fractions in [0, 1] and mean cross-entropy (eval mode)."""
+def accuracy(
+    model: nn.Module,
+    loader: DataLoader,
+    device: torch.device | str = "cpu",
+    precision: MixedPrecision | None = None,
+) -> dict:
+    """``{top1, top5, loss, n}``: fractions in [0, 1] and mean cross-entropy (eval mode, under
+    ``precision``'s autocast when given)."""
     was_training = model.training
     model.eval()
     top1 = top5 = loss = 0.0
     n = 0
     for x, y in loader:
         x, y = x.to(device), y.to(device)
-        logits = model(x).float()
+        with _autocast(precision):
+            logits = model(x).float()
         loss += float(F.cross_entropy(logits, y, reduction="sum"))
         k = min(5, logits.shape[-1])
         best = logits.topk(k, dim=-1).indices
@@ -32,7 +49,11 @@ def accuracy(model: nn.Module, loader: DataLoader, device: torch.device | str = 
 
 @torch.no_grad()
 def agreement(
-    a: nn.Module, b: nn.Module, loader: DataLoader, device: torch.device | str = "cpu"
+    a: nn.Module,
+    b: nn.Module,
+    loader: DataLoader,
+    device: torch.device | str = "cpu",
+    precision: MixedPrecision | None = None,
 ) -> float:
     """Fraction of inputs on which two models predict the same class."""
     a.eval()
@@ -40,7 +61,8 @@ def agreement(
     same = n = 0
     for x, _ in loader:
         x = x.to(device)
-        same += int((a(x).argmax(-1) == b(x).argmax(-1)).sum())
+        with _autocast(precision):
+            same += int((a(x).argmax(-1) == b(x).argmax(-1)).sum())
         n += len(x)
     return same / n
 

@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .tn import StructureSpec, TNConfigError, TNGenerator
+from .tn import StructureSpec, TNConfigError, TNGenerator, autocast_dtype
 
 __all__ = [
     "GeneratedConv2d",
@@ -39,21 +39,35 @@ def _copy_param(p: torch.Tensor | None) -> nn.Parameter | None:
 
 
 class _CachedWeight:
-    """The eval-mode weight cache of one generator, keyed on its cores' versions and storage."""
+    """The eval-mode weight cache of one generator.
+
+    A weight is served again only while everything it was made from is unchanged: the cores'
+    values (compared, not their version counters, which writes through ``.data`` do not bump),
+    their dtypes, devices and shapes, and the dtype it was cast to (the caller's autocast). The
+    comparison reads the cores, a few thousand numbers at most, never the weight.
+    """
 
     def __init__(self, padded: bool = False) -> None:
         self.padded = padded
+        self.clear()
+
+    def clear(self) -> None:
         self.key: tuple | None = None
+        self.snapshot: torch.Tensor | None = None
         self.value: torch.Tensor | None = None
 
-    def get(self, gen: TNGenerator, training: bool, enabled: bool = True) -> torch.Tensor:
+    def get(self, gen: TNGenerator, dtype: torch.dtype, use: bool) -> torch.Tensor:
+        """The weight in ``dtype``; from the cache when ``use`` and nothing changed."""
         make = gen.padded_matrix if self.padded else gen
-        if training or torch.is_grad_enabled() or not enabled:
-            self.key = self.value = None
-            return make()
-        key = tuple((p._version, p.data_ptr(), p.dtype, p.device) for p in gen.parameters())
-        if key != self.key:
-            self.value, self.key = make(), key
+        if not use:
+            self.clear()
+            return make().to(dtype)
+        params = list(gen.parameters())
+        key = (dtype, tuple((p.dtype, p.device, p.shape) for p in params))
+        flat = torch.cat([p.detach().reshape(-1).to(params[0].dtype) for p in params])
+        if key != self.key or self.snapshot is None or not torch.equal(flat, self.snapshot):
+            self.value = make().to(dtype)
+            self.key, self.snapshot = key, flat
         return self.value
 
     @property
@@ -84,15 +98,28 @@ class GeneratedModule(nn.Module):
         return sum(g.dense_params for g in self.generators().values())
 
     def train(self, mode: bool = True) -> GeneratedModule:
-        if mode:  # training makes a cached weight stale; eval() on an eval model keeps it
-            for cache in self.__dict__.get("_caches", {}).values():
-                cache.key = cache.value = None
+        if mode:  # training frees a cached weight; eval() on an eval model keeps it
+            self.drop_cached_weights()
         return super().train(mode)
 
+    def drop_cached_weights(self) -> None:
+        """Free the eval-mode weights this layer holds (they are regenerated when needed)."""
+        for cache in self.__dict__.get("_caches", {}).values():
+            cache.clear()
+
+    @property
+    def holds_weights(self) -> bool:
+        """Whether the eval cache holds a generated (dense) weight now."""
+        return any(c.held for c in self.__dict__.get("_caches", {}).values())
+
     def _weight(self, name: str, padded: bool = False) -> torch.Tensor:
+        """Generator ``name``'s weight in the compute dtype: autocast's where it is on (the
+        generator itself always runs in its cores' dtype), the cores' otherwise."""
+        gen = getattr(self, name)
+        dtype = autocast_dtype(gen.scale.device) or gen.scale.dtype
+        use = not self.training and not torch.is_grad_enabled() and self.cache_weights
         caches = self.__dict__.setdefault("_caches", {})
-        cache = caches.setdefault((name, padded), _CachedWeight(padded))
-        return cache.get(getattr(self, name), self.training, self.cache_weights)
+        return caches.setdefault((name, padded), _CachedWeight(padded)).get(gen, dtype, use)
 
     def to_dense(self) -> nn.Module:
         raise NotImplementedError
@@ -168,14 +195,15 @@ class GeneratedLinear(GeneratedModule):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         batch = max(1, x.numel() // self.in_features)
         self.last_schedule = self.schedule(batch)
-        if self.last_schedule == "contract":
+        if self.last_schedule == "contract":  # in the cores' dtype, the output cast back
+            out_dtype = autocast_dtype(x.device) or x.dtype
             y = self.generator.contract(x)
-            return y if self.bias is None else y + self.bias
+            return (y if self.bias is None else y + self.bias).to(out_dtype)
         if self.padded:  # pad x rather than slice (copy) W: B x I instead of |W|
             tz = self.generator.tz
             wp = self._weight("generator", padded=True)
             y = F.linear(F.pad(x, (0, tz.in_padded_size - tz.in_size)), wp)[..., : tz.out_size]
-            return y if self.bias is None else y + self.bias
+            return y if self.bias is None else y + self.bias.to(y.dtype)
         return F.linear(x, self.weight, self.bias)
 
     def to_dense(self) -> nn.Linear:

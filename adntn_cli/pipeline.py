@@ -41,7 +41,7 @@ from .models import load_model
 from .plan import Plan, apply_plan, plan
 from .recipe import Recipe, load_recipe
 from .report import metrics_csv, to_markdown
-from .runtime import compile_generators
+from .runtime import PRECISIONS, compile_generators, resolve_precision, use_channels_last
 
 __all__ = ["check_run_dir", "compress", "new_run_dir", "prepare_run_dir", "resolve_device"]
 
@@ -172,15 +172,23 @@ def compress(
     argv: list[str] | None = None,
     cores_dtype: str = "float32",
     compile_mode: str | None = None,
+    precision: str | None = None,
+    channels_last: bool | None = None,
 ) -> dict[str, Any]:
     """Compress ``model`` with ``recipe``; returns the report (also written to the run directory).
 
     ``model`` is ``torchvision:NAME`` or a state-dict file (architecture from ``arch`` or the
     recipe's ``model.arch``); ``data`` overrides the recipe's ``data.train``; ``cores_dtype``
     (float32 or bfloat16) is how the generator cores are stored in model.safetensors;
-    ``compile_mode`` (auto, on, off) overrides the recipe's ``distill.compile``.
+    ``compile_mode`` (auto, on, off) overrides the recipe's ``distill.compile`` and
+    ``precision`` (auto, bf16, fp32) its ``distill.precision``; ``channels_last`` lays
+    convolutional models out as NHWC (None: on CUDA only).
     ``stop_after`` ends the end-to-end step early, checkpointed (an interruption, for tests);
     ``resume`` continues it.
+
+    Under torchrun every rank returns once rank 0 has written the run directory; the process
+    group stays joined, and a process that ends then should leave through
+    ``distributed.finish()`` (the CLI does).
     """
     started = time.time()
     cb = callback or (lambda _: None)
@@ -189,6 +197,8 @@ def compress(
         raise AdntnError(f"cores dtype {cores_dtype!r} is not offered; valid: float32, bfloat16")
     if compile_mode not in (None, "auto", "on", "off"):
         raise AdntnError(f"--compile {compile_mode!r}: valid: auto, on, off")
+    if precision not in (None, *PRECISIONS):
+        raise AdntnError(f"--precision {precision!r}: valid: {', '.join(PRECISIONS)}")
     if not 0 <= seed < 2**32:
         raise AdntnError(f"--seed {seed}: a seed is a whole number from 0 to {2**32 - 1}")
     rec, source = load_recipe(recipe)
@@ -201,21 +211,15 @@ def compress(
     dist, dev = distributed.init(resolve_device(device))
     if not dist.main:  # rank 0 alone reports progress and writes
         cb = _quiet
-    try:
-        return _compress(
+    report = _compress(
             model, rec, source, recipe, dist=dist, dev=dev, data=data, out=out, seed=seed,
             resume=resume, force=force, arch=arch, allow_pickle=allow_pickle,
             stop_after=stop_after, cb=cb, argv=argv, dtype=dtypes[cores_dtype], started=started,
             compile_mode=compile_mode or rec.distill.compile,
+            precision=precision or rec.distill.precision, channels_last=channels_last,
         )  # fmt: skip
-    finally:
-        distributed.shutdown(dist)
-
-
-def channels_last_pays(model: torch.nn.Module, device: torch.device) -> bool:
-    """NHWC for convolutional models on CUDA: cuDNN's tensor-core kernels want it (on a CPU
-    it rarely helps)."""
-    return device.type == "cuda" and any(isinstance(m, torch.nn.Conv2d) for m in model.modules())
+    distributed.barrier(dist)  # no rank returns before rank 0 has written the run directory
+    return report
 
 
 def _quiet(_: Progress) -> None:
@@ -243,6 +247,8 @@ def _compress(
     dtype: torch.dtype | None,
     started: float,
     compile_mode: str,
+    precision: str,
+    channels_last: bool | None,
 ) -> dict[str, Any]:
     out_dir = Path(out) if out is not None else new_run_dir(source)
     out_dir = Path(distributed.broadcast(dist, str(out_dir)))  # rank 0 picks runs/<name>-<n>
@@ -265,6 +271,7 @@ def _compress(
         device=dev,
     )
     arch_name = arch_name or model.split(":", 1)[-1]
+    amp = resolve_precision(precision, dev)
     teacher.eval()
     the_plan = plan(teacher, rec, source=source, batch=rec.data.batch_size)  # pure
     num_classes = rec.model.num_classes
@@ -280,15 +287,13 @@ def _compress(
     )  # fmt: skip
     calib_loader, _ = loaders(datasets, rec.data.batch_size, seed=seed + 1)
     cb(Progress("eval", 0, 1, message="evaluating the dense model"))
-    dense_acc = accuracy(teacher, val, dev)
+    dense_acc = accuracy(teacher, val, dev, amp)
 
     student = copy.deepcopy(teacher)
     apply_plan(student, the_plan, generator=torch.Generator().manual_seed(seed))
     student.to(dev)
     names = [lp.layer for lp in the_plan.layers]
-    if channels_last_pays(student, dev):
-        teacher.to(memory_format=torch.channels_last)
-        student.to(memory_format=torch.channels_last)
+    nhwc = use_channels_last([teacher, student], dev, channels_last)
     compiled = compile_generators(student, compile_mode)
 
     stage = ckpt_dir / "layerwise.pt"
@@ -301,8 +306,9 @@ def _compress(
         calib = _calibration(calib_loader, rec.distill.layerwise.batches)
         lw = rec.distill.layerwise
         fit = layerwise_fit(
-            teacher, student, names, calib, steps=lw.steps, lr=lw.lr, device=dev, callback=cb
-        )
+            teacher, student, names, calib, steps=lw.steps, lr=lw.lr, device=dev, callback=cb,
+            precision=amp,
+        )  # fmt: skip
         recalibrated = recalibrate_batchnorm(student, calib, dev)
         if dist.main:
             save_atomic(
@@ -314,6 +320,7 @@ def _compress(
         history = finetune(
             teacher, student, train, val, rec.distill.finetune, checkpoints=ckpt_dir,
             device=dev, resume=resume, stop_after=stop_after, callback=cb, dist=dist,
+            precision=amp,
         )  # fmt: skip
         best = ckpt_dir / "best.pt"
         if not history["interrupted"] and best.exists():
@@ -321,7 +328,7 @@ def _compress(
 
     if not dist.main:
         return {"rank": dist.rank, "run_dir": str(run_dir)}
-    comp_acc = accuracy(student, val, dev)
+    comp_acc = accuracy(student, val, dev, amp)
     resolved = resolved_recipe(rec, the_plan)
     model_path = run_dir / "model.safetensors"
     size = save_compressed(
@@ -336,6 +343,8 @@ def _compress(
         "data_description": datasets.description,
         "seed": seed,
         "device": str(dev),
+        "precision": amp.name,
+        "channels_last": nhwc,
         "processes": dist.world,
         "command": argv if argv is not None else sys.argv,
         "versions": {
@@ -350,7 +359,7 @@ def _compress(
         "accuracy": {
             "dense": {k: dense_acc[k] for k in ("top1", "top5", "loss")},
             "compressed": {k: comp_acc[k] for k in ("top1", "top5", "loss")},
-            "agreement": agreement(teacher, student, val, dev),
+            "agreement": agreement(teacher, student, val, dev, amp),
             "val_images": comp_acc["n"],
         },
         "layerwise": fit,

@@ -1,17 +1,79 @@
-"""Runtime switches for a compressed model: the eval-mode weight cache and torch.compile.
+"""Runtime switches for a run and a compressed model: mixed precision, the memory format, the
+eval-mode weight cache and torch.compile.
 
-Both act in place on every generated layer of a model and leave its state dict unchanged.
+The model switches act in place on every generated layer and leave the state dict unchanged.
 """
 
 from __future__ import annotations
 
+import contextlib
+from dataclasses import dataclass
+
 import torch
 from torch import nn
 
+from .errors import AdntnError
 from .layers import GeneratedModule
 from .tn import TNGenerator
 
-__all__ = ["compile_generators", "use_weight_cache"]
+__all__ = [
+    "PRECISIONS",
+    "MixedPrecision",
+    "compile_generators",
+    "resolve_precision",
+    "use_channels_last",
+    "use_weight_cache",
+]
+
+PRECISIONS = ("auto", "bf16", "fp32")
+
+
+@dataclass(frozen=True)
+class MixedPrecision:
+    """The autocast of a run's forward passes: ``dtype`` None keeps float32 throughout.
+
+    ``device_type`` is autocast's device kind (``cuda``, ``cpu``); on a CPU, bf16 autocast runs
+    the same code path as on CUDA (the generators keep float32 inside either way: see
+    tn/precision.py), which is how tests prove the GPU path without a GPU.
+    """
+
+    device_type: str = "cpu"
+    dtype: torch.dtype | None = None
+
+    @property
+    def name(self) -> str:
+        return "fp32" if self.dtype is None else {torch.bfloat16: "bf16"}.get(self.dtype, "fp16")
+
+    def autocast(self) -> contextlib.AbstractContextManager:
+        if self.dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(self.device_type, dtype=self.dtype)
+
+
+def resolve_precision(name: str, device: torch.device | str) -> MixedPrecision:
+    """``auto``: bf16 autocast on CUDA, float32 elsewhere; ``bf16``: bf16 autocast on
+    ``device`` (CUDA or CPU); ``fp32``: no autocast."""
+    kind = torch.device(device).type
+    if name not in PRECISIONS:
+        raise AdntnError(f"precision {name!r}: valid: {', '.join(PRECISIONS)}")
+    if name == "fp32" or (name == "auto" and kind != "cuda"):
+        return MixedPrecision(kind)
+    if kind not in ("cuda", "cpu"):
+        raise AdntnError(f"bf16 autocast runs on cuda or cpu, not on {kind}; use fp32")
+    return MixedPrecision(kind, torch.bfloat16)
+
+
+def use_channels_last(
+    models: list[nn.Module], device: torch.device | str, choice: bool | None = None
+) -> bool:
+    """Lay out convolutional ``models`` as NHWC when ``choice`` says so (None: on CUDA, where
+    cuDNN's tensor-core kernels want it; on a CPU it rarely helps). Returns whether it did."""
+    has_conv = any(isinstance(m, nn.Conv2d) for model in models for m in model.modules())
+    on = has_conv and (torch.device(device).type == "cuda" if choice is None else choice)
+    if on:
+        for model in models:
+            model.to(memory_format=torch.channels_last)
+    return on
 
 
 def use_weight_cache(model: nn.Module, enabled: bool = True) -> nn.Module:
@@ -23,8 +85,7 @@ def use_weight_cache(model: nn.Module, enabled: bool = True) -> nn.Module:
     for m in model.modules():
         if isinstance(m, GeneratedModule):
             m.cache_weights = enabled
-            for cache in m.__dict__.get("_caches", {}).values():
-                cache.key = cache.value = None
+            m.drop_cached_weights()
     return model
 
 

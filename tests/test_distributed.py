@@ -9,6 +9,7 @@ in the data and ends at the same weights within the same tolerance.
 
 import os
 import socket
+import time
 from pathlib import Path
 
 import pytest
@@ -18,7 +19,7 @@ from torch import nn
 
 from adntn_cli.data import Datasets, loaders
 from adntn_cli.distill import finetune
-from adntn_cli.distributed import Dist, init, shutdown
+from adntn_cli.distributed import Dist, finish, init
 from adntn_cli.layers import GeneratedLinear
 from adntn_cli.recipe.schema import Finetune
 from adntn_cli.tn import StructureSpec
@@ -48,24 +49,38 @@ def _setup():
     return teacher, student, data
 
 
-def _run(rank: int, world: int, port: int, ckpt: str, out: str, stop: int | None, resume: bool):
+def _run(
+    rank: int, world: int, port: int, ckpt: str, out: str, stop: int | None, resume: bool,
+    save_delay: float = 0.0,
+):  # fmt: skip
     os.environ.update(
         MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank),
         WORLD_SIZE=str(world), LOCAL_RANK=str(rank),
     )  # fmt: skip
     torch.set_num_threads(1)
     d, device = init(torch.device("cpu"))
-    try:
-        teacher, student, data = _setup()
-        train, val = loaders(data, GLOBAL_BATCH // world, seed=3, rank=rank, world=world)
-        finetune(
-            teacher, student, train, val, CFG, checkpoints=Path(ckpt), device=device,
-            resume=resume, stop_after=stop, dist=d,
-        )  # fmt: skip
-        if d.main:
-            torch.save(student.state_dict(), out)
-    finally:
-        shutdown(d)
+    _record_exits(Path(out).with_suffix(f".exit{rank}"), Path(out))
+    teacher, student, data = _setup()
+    train, val = loaders(data, GLOBAL_BATCH // world, seed=3, rank=rank, world=world)
+    finetune(
+        teacher, student, train, val, CFG, checkpoints=Path(ckpt), device=device,
+        resume=resume, stop_after=stop, dist=d,
+    )  # fmt: skip
+    if d.main:
+        time.sleep(save_delay)  # widens the window in which another rank could leave early
+        torch.save(student.state_dict(), out)
+    finish()  # a barrier, then os._exit: gloo's threads cannot abort the exit
+
+
+def _record_exits(marker: Path, watched: Path) -> None:
+    """Make ``os._exit`` first write to ``marker`` whether ``watched`` exists at that moment."""
+    real = os._exit
+
+    def exit_(code: int) -> None:
+        marker.write_text(f"{code} {watched.exists()}")
+        real(code)
+
+    os._exit = exit_
 
 
 def _free_port() -> int:
@@ -74,9 +89,12 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _spawn(world: int, ckpt: Path, out: Path, stop: int | None = None, resume: bool = False):
-    args = (world, _free_port(), str(ckpt), str(out), stop, resume)
-    mp.spawn(_run, args=args, nprocs=world, join=True)
+def _spawn(
+    world: int, ckpt: Path, out: Path, stop: int | None = None, resume: bool = False,
+    save_delay: float = 0.0,
+):  # fmt: skip
+    args = (world, _free_port(), str(ckpt), str(out), stop, resume, save_delay)
+    mp.spawn(_run, args=args, nprocs=world, join=True)  # raises unless every rank exits 0
     return torch.load(out, weights_only=True)
 
 
@@ -108,6 +126,14 @@ def test_a_run_of_two_processes_resumed_by_one_ends_at_the_same_weights(tmp_path
     assert (tmp_path / "cut" / "last.pt").exists()
     resumed = _one_process(tmp_path / "cut", resume=True)
     _assert_close(resumed, one)
+
+
+@pytest.mark.slow
+def test_no_rank_leaves_before_rank_0_has_written(tmp_path):
+    out = tmp_path / "two.pt"
+    _spawn(2, tmp_path / "two", out, save_delay=2.0)
+    for rank in (0, 1):  # each rank left through finish, after rank 0's file existed
+        assert out.with_suffix(f".exit{rank}").read_text() == "0 True"
 
 
 def test_one_process_is_the_default():

@@ -111,5 +111,20 @@ def register_commands() -> None:
 
 def main() -> None:
     register_commands()
-    app(prog_name="adntn")
-    sys.exit(0)
+    try:
+        app(prog_name="adntn")
+        code = 0
+    except SystemExit as exc:
+        code = exc.code if isinstance(exc.code, int) else int(exc.code is not None)
+    _end(code)
+
+
+def _end(code: int) -> None:
+    """Exit; a process of a torchrun run leaves through ``distributed.finish`` (a barrier on
+    success, then ``os._exit``), since gloo's threads can abort a normal exit."""
+    tdist = sys.modules.get("torch.distributed")  # never imported for --help or a recipe check
+    if tdist is not None and tdist.is_available() and tdist.is_initialized():
+        from ..distributed import finish
+
+        finish(code, wait=code == 0)
+    sys.exit(code)

@@ -62,6 +62,14 @@ def compress(
             "recipe's distill.compile).",
         ),
     ] = None,
+    precision: Annotated[
+        str | None,
+        typer.Option(
+            "--precision",
+            help="Autocast of the forward passes: auto (bf16 on CUDA, fp32 elsewhere), bf16, "
+            "fp32 (default: the recipe's distill.precision).",
+        ),
+    ] = None,
     quiet: Quiet = False,
     json_: Json = False,
 ) -> None:
@@ -85,6 +93,7 @@ def compress(
             model, recipe, data=data, out=out_dir, device=device, seed=seed, resume=resume,
             force=force, arch=arch, allow_pickle=allow_pickle, callback=reporter,
             argv=["adntn", *sys.argv[1:]], cores_dtype=cores_dtype, compile_mode=compile_mode,
+            precision=precision,
         )  # fmt: skip
     if not main_process:
         return

@@ -140,6 +140,10 @@ class Distill(_Strict):
     compile: Literal["auto", "on", "off"] = Field(
         default="off", description="torch.compile the generators: auto = on CUDA only"
     )
+    precision: Literal["auto", "bf16", "fp32"] = Field(
+        default="auto",
+        description="autocast of the forward passes: auto = bf16 on CUDA, fp32 elsewhere",
+    )
 
 
 class Data(_Strict):

@@ -8,6 +8,7 @@ from .cost import default_memory_budget, device_profile, format_bytes
 from .errors import MemoryBudgetError, TNConfigError
 from .factorize import Tensorization, tensorize
 from .generator import TNGenerator, default_target_std
+from .precision import autocast_dtype, without_autocast
 from .program import Network, Program
 from .spec import StructureSpec
 from .structures import STRUCTURES, get_structure, register_structure
@@ -22,6 +23,7 @@ __all__ = [
     "TNConfigError",
     "TNGenerator",
     "Tensorization",
+    "autocast_dtype",
     "default_memory_budget",
     "default_target_std",
     "device_profile",
@@ -31,4 +33,5 @@ __all__ = [
     "register_activation",
     "register_structure",
     "tensorize",
+    "without_autocast",
 ]

@@ -18,6 +18,7 @@ from .cost import (
     format_bytes,
 )
 from .errors import MemoryBudgetError
+from .precision import without_autocast
 from .program import PathCost, Program
 from .spec import StructureSpec
 from .structures import get_structure
@@ -125,14 +126,16 @@ class TNGenerator(nn.Module):
         return padded.reshape(self.weight_shape)
 
     def forward(self) -> torch.Tensor:
-        """The generated weight, shaped like the weight it replaces."""
-        return self._to_weight(self.program.run(dict(self.cores), self.scale))
+        """The generated weight, shaped like the weight it replaces, in the cores' dtype (the
+        caller's autocast is off inside: see precision.py)."""
+        with without_autocast(self.scale.device):
+            return self._to_weight(self.program.run(dict(self.cores), self.scale))
 
     def padded_matrix(self) -> torch.Tensor:
         """The generated weight before slicing, as an (O_pad, I_pad) matrix (no copy)."""
-        return self.program.run(dict(self.cores), self.scale).reshape(
-            self.tz.out_padded, self.tz.in_padded_size
-        )
+        with without_autocast(self.scale.device):
+            w = self.program.run(dict(self.cores), self.scale)
+        return w.reshape(self.tz.out_padded, self.tz.in_padded_size)  # (o..., i...) -> (O, I)
 
     @property
     def contractible(self) -> bool:
@@ -140,18 +143,22 @@ class TNGenerator(nn.Module):
         return self.network.contractible and len(self.weight_shape) == 2
 
     def contract(self, x: torch.Tensor) -> torch.Tensor:
-        """``x @ W.T`` for ``x`` of shape (..., I) without forming ``W`` (contract schedule)."""
+        """``x @ W.T`` for ``x`` of shape (..., I) without forming ``W`` (contract schedule).
+
+        Runs in the cores' dtype with autocast off: ``x`` is cast to it, and so is the result.
+        """
         if not self.contractible:
             raise RuntimeError(f"{self.spec.structure} here cannot contract its input")
         tz = self.tz
         lead = x.shape[:-1]
-        flat = x.reshape(-1, tz.in_size)
+        flat = x.reshape(-1, tz.in_size).to(self.scale.dtype)  # (..., I) -> (B, I)
         if tz.in_padded_size != tz.in_size:
             flat = F.pad(flat, (0, tz.in_padded_size - tz.in_size))
         i_dims = [self.network.index_sizes[i] for i in self.network.w_in]
-        y = self.program.contract(dict(self.cores), flat.reshape(-1, *i_dims), self.scale)
-        y = y.reshape(flat.shape[0], tz.out_padded)[:, : tz.out_size]
-        return y.reshape(*lead, tz.out_size)
+        with without_autocast(self.scale.device):  # (B, I_pad) -> (B, i_1, ..., i_n)
+            y = self.program.contract(dict(self.cores), flat.reshape(-1, *i_dims), self.scale)
+        y = y.reshape(flat.shape[0], tz.out_padded)[:, : tz.out_size]  # (B, o...) -> (B, O)
+        return y.reshape(*lead, tz.out_size)  # (B, O) -> (..., O)
 
     # -- what it costs ------------------------------------------------------------------------
     @property

@@ -25,16 +25,41 @@ def _files(tmp_path):
     (tmp_path / "r.yaml").write_text(RECIPE)
 
 
+COMPRESS = ["compress", "t.pt", "--recipe", "r.yaml", "--data", "synthetic:64", "--device", "cpu",
+            "--out", "run"]  # fmt: skip
+TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2"]
+
+# Runs the adntn command with rank 0's model write delayed, and each rank's os._exit recording
+# whether the model file existed when that rank left.
+SLOW_SAVE = """\
+import os, sys, time
+from pathlib import Path
+import adntn_cli.pipeline as pipeline
+real_save, real_exit = pipeline.save_compressed, os._exit
+def slow_save(*args, **kwargs):
+    time.sleep(3)
+    return real_save(*args, **kwargs)
+def exit_(code):
+    seen = Path("run/model.safetensors").exists()
+    Path(f"exit{os.environ['RANK']}").write_text(f"{code} {seen}")
+    real_exit(code)
+pipeline.save_compressed, os._exit = slow_save, exit_
+from adntn_cli.cli import main
+main()
+"""
+
+
+def _torchrun(tmp_path, *cmd: str) -> subprocess.CompletedProcess:
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    return subprocess.run(
+        [*TORCHRUN, *cmd], cwd=tmp_path, capture_output=True, text=True, env=env, timeout=300
+    )
+
+
 @pytest.mark.slow
 def test_torchrun_two_processes_write_one_run(tmp_path):
     _files(tmp_path)
-    cmd = [
-        sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "-m", "adntn_cli",
-        "compress", "t.pt", "--recipe", "r.yaml", "--data", "synthetic:64", "--device", "cpu",
-        "--out", "run",
-    ]  # fmt: skip
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    done = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, env=env, timeout=300)
+    done = _torchrun(tmp_path, "-m", "adntn_cli", *COMPRESS)
     assert done.returncode == 0, done.stderr[-2000:]
     assert done.stdout.count("replaced layers") == 1  # one summary: rank 0's
     report = json.loads((tmp_path / "run" / "report.json").read_text())
@@ -58,3 +83,13 @@ def test_a_global_batch_that_does_not_split_is_refused_before_any_process_group(
     assert result.exit_code == 2
     assert "data.batch_size 16 does not split evenly over 3 processes" in result.output
     assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.slow
+def test_no_torchrun_rank_exits_before_rank_0_has_written_the_model(tmp_path):
+    _files(tmp_path)
+    (tmp_path / "slow_save.py").write_text(SLOW_SAVE)
+    done = _torchrun(tmp_path, "slow_save.py", *COMPRESS)
+    assert done.returncode == 0, done.stderr[-2000:]
+    for rank in (0, 1):  # both left through distributed.finish, after the file existed
+        assert (tmp_path / f"exit{rank}").read_text() == "0 True"
