@@ -66,13 +66,17 @@ def resolve_precision(name: str, device: torch.device | str) -> MixedPrecision:
 def use_channels_last(
     models: list[nn.Module], device: torch.device | str, choice: bool | None = None
 ) -> bool:
-    """Lay out convolutional ``models`` as NHWC when ``choice`` says so (None: on CUDA, where
-    cuDNN's tensor-core kernels want it; on a CPU it rarely helps). Returns whether it did."""
-    has_conv = any(isinstance(m, nn.Conv2d) for model in models for m in model.modules())
-    on = has_conv and (torch.device(device).type == "cuda" if choice is None else choice)
-    if on:
-        for model in models:
-            model.to(memory_format=torch.channels_last)
+    """Lay out the Conv2d weights of ``models`` as NHWC when ``choice`` says so (None: on CUDA,
+    where cuDNN's tensor-core kernels want it; on a CPU it rarely helps). Returns whether it did.
+
+    Only Conv2d modules move: ``model.to(memory_format=...)`` would also try every other 4- and
+    5-dimensional parameter, and generator cores are not images (a 5-D core makes it raise).
+    Generated convolutions lay their weight out like their input (``GeneratedConv2d.forward``).
+    """
+    convs = [m for model in models for m in model.modules() if isinstance(m, nn.Conv2d)]
+    on = bool(convs) and (torch.device(device).type == "cuda" if choice is None else choice)
+    for conv in convs if on else []:
+        conv.to(memory_format=torch.channels_last)
     return on
 
 
