@@ -38,7 +38,7 @@ from adntn_cli.distill import kd_loss
 from adntn_cli.models import build_model
 from adntn_cli.plan import compress_
 from adntn_cli.recipe import load_recipe
-from adntn_cli.runtime import use_weight_cache
+from adntn_cli.runtime import resolve_precision, use_channels_last, use_weight_cache
 
 OUT = Path(__file__).parent / "results"
 MODES = ("train", "distill", "eval_cached", "eval_contract")
@@ -65,7 +65,7 @@ def timed(fn: Callable[[], None], device: torch.device) -> tuple[float, int]:
 def steps(model, teacher, x, y, device, channels_last: bool) -> dict[str, Callable[[], None]]:
     """The four measured operations on ``model`` (dense or compressed)."""
     opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
-    autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda")
+    amp = resolve_precision("auto", device)  # compress's default: bf16 on CUDA, fp32 elsewhere
     if channels_last:
         x = x.contiguous(memory_format=torch.channels_last)
 
@@ -76,20 +76,21 @@ def steps(model, teacher, x, y, device, channels_last: bool) -> dict[str, Callab
 
     def train() -> None:
         model.train()
-        with autocast:
-            step(F.cross_entropy(model(x).float(), y))
+        with amp.autocast():
+            loss = F.cross_entropy(model(x).float(), y)
+        step(loss)
 
     def distill() -> None:
         model.train()
-        with torch.no_grad(), autocast:
+        with torch.no_grad(), amp.autocast():
             t_logits = teacher(x)
-        with autocast:
+        with amp.autocast():
             logits = model(x)
         step(kd_loss(logits, t_logits, y, 4.0, 0.9))
 
     def evaluate() -> None:
         model.eval()
-        with torch.no_grad(), autocast:
+        with torch.no_grad(), amp.autocast():
             model(x)
 
     return {"train": train, "distill": distill, "eval_cached": evaluate, "eval_contract": evaluate}
@@ -115,9 +116,7 @@ def measure(args: argparse.Namespace) -> list[dict]:
     report = compress_(compressed, recipe)
     compressed.to(device)
     teacher = copy.deepcopy(dense).eval().requires_grad_(False)
-    fmt = torch.channels_last if args.channels_last else torch.contiguous_format
-    for m in (dense, compressed, teacher):
-        m.to(memory_format=fmt)
+    use_channels_last([dense, compressed, teacher], device, args.channels_last)
     x = torch.randn(args.batch, 3, args.size, args.size, device=device)
     y = torch.randint(0, classes, (args.batch,), device=device)
     ops = {

@@ -1,8 +1,9 @@
 """The whole ``compress`` job under CPU bf16 autocast: the code path a CUDA run takes.
 
-Two runs of demo_vgg put every structure on a Conv2d and on a Linear layer (layer-wise fit,
-distillation, evaluation, save), with channels-last forced on as it is on CUDA; the files then
-load and give the reported accuracy under the same precision.
+Two runs of demo_vgg (benchmarks/recipes/every-structure-{a,b}.yaml) put every structure on a
+Conv2d and on a Linear layer (layer-wise fit, distillation, evaluation, save), with channels-last
+forced on as it is on CUDA; the files then load and give the reported accuracy under the same
+precision.
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ from __future__ import annotations
 import collections
 import json
 import math
+from pathlib import Path
 
 import pytest
 import torch
@@ -22,35 +24,8 @@ from adntn_cli.models import build_model
 from adntn_cli.pipeline import compress
 from adntn_cli.runtime import MixedPrecision
 
-LAYERS = {
-    "a": """\
-  - {select: features.0, structure: ttn, bond_dim: 3}
-  - {select: features.4, structure: augttn, bond_dim: 2}
-  - {select: features.8, structure: mera, bond_dim: 2}
-  - {select: classifier.0, structure: tt, bond_dim: 3}
-  - {select: classifier.3, structure: augttn, bond_dim: 2, options: {disentangler: separable}}
-  - {select: classifier.6, structure: lowrank, bond_dim: 2}
-""",
-    "b": """\
-  - {select: features.0, structure: tt, bond_dim: 3}
-  - {select: features.4, structure: lowrank, bond_dim: 4}
-  - {select: features.8, structure: augttn, bond_dim: 2, options: {disentangler: separable}}
-  - {select: classifier.0, structure: ttn, bond_dim: 4}
-  - {select: classifier.3, structure: augttn, bond_dim: 2}
-  - {select: classifier.6, structure: mera, bond_dim: 2}
-""",
-}
+RECIPES = Path(__file__).resolve().parent.parent / "benchmarks" / "recipes"  # gpu_checks.sh's too
 SCHEDULES = {"contract", "materialise"}
-RECIPE = """\
-version: 1
-model: {{arch: demo_vgg, num_classes: 10, input_size: 32}}
-layers:
-{layers}distill:
-  layerwise: {{steps: 4, batches: 1}}
-  finetune: {{epochs: 1, lr: 1.0e-3, checkpoint_every: 100}}
-  precision: bf16
-data: {{batch_size: 16}}
-"""
 
 
 @pytest.fixture()
@@ -76,9 +51,9 @@ def test_compress_under_cpu_bf16_autocast_trains_saves_and_loads(
 ):
     torch.manual_seed(0)
     torch.save(build_model("demo_vgg", 10).state_dict(), tmp_path / "t.pt")
-    (tmp_path / "r.yaml").write_text(RECIPE.format(layers=LAYERS[run]))
     report = compress(
-        str(tmp_path / "t.pt"), tmp_path / "r.yaml", data="synthetic:64", out=tmp_path / "run",
+        str(tmp_path / "t.pt"), RECIPES / f"every-structure-{run}.yaml", data="synthetic:64",
+        out=tmp_path / "run",
         device="cpu", channels_last=True,
     )  # fmt: skip
     assert report["precision"] == "bf16" and report["channels_last"] is True
