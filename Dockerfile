@@ -13,6 +13,7 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
 WORKDIR /opt/adntn
 COPY pyproject.toml README.md ./
 COPY adntn_cli ./adntn_cli
+COPY recipes ./recipes
 RUN python -m pip install --no-cache-dir . \
     && python -c "import torch, torchvision, adntn_cli; print('torch', torch.__version__)" \
     && adntn --version

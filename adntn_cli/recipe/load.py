@@ -21,7 +21,7 @@ MAX_NODES, MAX_DEPTH = 100_000, 32  # values in the parsed tree, and its nesting
 
 def shipped_recipes() -> dict[str, Path]:
     """Recipes packaged with adntn, by name (``demo`` -> .../recipes/demo.yaml)."""
-    root = resources.files("adntn_cli") / "recipes"
+    root = resources.files("adntn_cli.recipes")  # recipes/ at the top, packaged under this name
     return {Path(p.name).stem: Path(str(p)) for p in root.iterdir() if p.name.endswith(".yaml")}
 
 
