@@ -1,5 +1,13 @@
-"""Checkpoints: written atomically, read without unpickling, checked against the model, and the
-RNG state that makes a resumed run continue exactly (per rank when several processes run)."""
+"""Checkpoints: their three schemas, written atomically, read without unpickling, checked against
+the model, and the RNG state that makes a resumed run continue exactly (per rank when several
+processes run).
+
+- ``layerwise.pt``: the student after the layer-wise fit, its errors, whether BatchNorm was
+  recalibrated;
+- ``last.pt``: everything a resumed distillation needs: model, optimiser, scheduler, progress
+  (step, best top-1, history, steps per epoch), every rank's RNG and the process count;
+- ``best.pt``: the model and progress at the best validation top-1.
+"""
 
 from __future__ import annotations
 
@@ -13,7 +21,81 @@ from .atomic import torch_bytes, write_bytes
 from .distributed import Dist
 from .errors import CheckpointError
 
-__all__ = ["load_checkpoint", "restore", "restore_rng", "rng_state", "same_place", "save_atomic"]
+__all__ = [
+    "best_checkpoint",
+    "layerwise_checkpoint",
+    "load_checkpoint",
+    "restore",
+    "restore_layerwise",
+    "restore_rng",
+    "restore_training",
+    "rng_state",
+    "same_place",
+    "save_atomic",
+    "training_checkpoint",
+]
+
+PROGRESS = ("step", "best_top1", "history", "per_epoch")  # a distillation's progress
+
+
+def layerwise_checkpoint(
+    model: nn.Module, errors: dict[str, dict[str, float]], batchnorm: bool
+) -> dict[str, Any]:
+    return {"model": model.state_dict(), "errors": errors, "batchnorm": batchnorm}
+
+
+def restore_layerwise(
+    path: Path, model: nn.Module, device: torch.device | str
+) -> tuple[dict[str, dict[str, float]], bool]:
+    """Load ``layerwise.pt`` into ``model``; returns the fit's errors and the BatchNorm flag."""
+    saved = load_checkpoint(path, device)
+    restore(model, saved["model"], path)
+    return saved["errors"], saved["batchnorm"]
+
+
+def best_checkpoint(model: nn.Module, progress: dict[str, Any]) -> dict[str, Any]:
+    return {"model": model.state_dict(), **{k: progress[k] for k in PROGRESS}}
+
+
+def training_checkpoint(
+    model: nn.Module,
+    progress: dict[str, Any],
+    optimizer: torch.optim.Optimizer,
+    scheduler: Any,
+    rng_ranks: list[dict[str, Any]],
+    world: int,
+) -> dict[str, Any]:
+    """``last.pt``: ``rng`` is rank 0's entry of ``rng_ranks`` (read by one-process runs)."""
+    return {
+        **best_checkpoint(model, progress),
+        "optimizer": optimizer.state_dict(),
+        "scheduler": scheduler.state_dict(),
+        "rng": rng_ranks[0],
+        "rng_ranks": rng_ranks,
+        "world": world,
+    }
+
+
+def restore_training(
+    path: Path,
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    scheduler: Any,
+    dist: Dist,
+    device: torch.device,
+    per_epoch: int,
+) -> dict[str, Any]:
+    """Load ``last.pt`` into the model, optimiser, scheduler and RNG; returns the progress, its
+    step moved to the same place in the data when the steps per epoch changed."""
+    ckpt = load_checkpoint(path, device)
+    restore(model, ckpt["model"], path)
+    optimizer.load_state_dict(ckpt["optimizer"])
+    scheduler.load_state_dict(ckpt["scheduler"])
+    restore_rng(ckpt, dist, device)
+    progress = {k: ckpt[k] for k in ("step", "best_top1", "history")}
+    progress["step"] = same_place(ckpt["step"], ckpt.get("per_epoch", per_epoch), per_epoch)
+    progress["per_epoch"] = per_epoch
+    return progress
 
 
 def save_atomic(obj: Any, path: Path) -> None:

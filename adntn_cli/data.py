@@ -30,6 +30,7 @@ __all__ = [
     "DataSpec",
     "Datasets",
     "EpochSampler",
+    "epoch_seed",
     "loaders",
     "make_datasets",
     "parse_data_spec",
@@ -53,6 +54,13 @@ class Datasets:
     val: Dataset
     num_classes: int
     description: str
+    augmented: bool = False  # whether a training image differs from one epoch to the next
+
+
+def epoch_seed(seed: int, epoch: int) -> int:
+    """The seed of epoch ``epoch``'s data order and worker RNG: exact resume depends on every
+    user of it agreeing, so this is the one place it is computed."""
+    return seed * 1_000_003 + epoch
 
 
 def parse_data_spec(spec: str) -> DataSpec:
@@ -135,7 +143,7 @@ def _imagefolder(path: Path, size: int) -> Datasets:
         raise DataError(f"imagefolder:{path}: train/ and val/ have different class folders")
     n = len(train.classes)
     desc = f"imagefolder {path}: {len(train)} train / {len(val)} val images, {n} classes"
-    return Datasets(train, val, n, desc)
+    return Datasets(train, val, n, desc, augmented=True)
 
 
 def _cifar(kind: str, path: Path, size: int) -> Datasets:
@@ -193,7 +201,7 @@ class EpochSampler(Sampler[int]):
 
     def order(self, epoch: int) -> list[int]:
         """This rank's share of epoch ``epoch``'s permutation, from the beginning."""
-        g = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
+        g = torch.Generator().manual_seed(epoch_seed(self.seed, epoch))
         perm = torch.randperm(self.n, generator=g).tolist()
         per_rank = -(-self.n // self.world)
         perm += perm[: per_rank * self.world - self.n]  # pad so every rank gets per_rank

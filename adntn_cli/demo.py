@@ -9,17 +9,20 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
-from typing import Any
 
 import torch
 import torch.nn.functional as F
 
+from .checkpoints import save_atomic
 from .data import loaders, make_datasets
-from .distill import Callback, Progress, save_atomic
+from .devices import resolve_device
+from .distill import Callback, Event
 from .evaluate import accuracy
+from .job import CompressJob, compress
 from .models import build_model
-from .pipeline import compress, prepare_run_dir, resolve_device
 from .recipe import load_recipe
+from .report import CompressionReport
+from .rundir import prepare_run_dir
 
 __all__ = ["run_demo", "train_teacher"]
 
@@ -53,7 +56,7 @@ def train_teacher(
             sched.step()
             step += 1
             if step % 10 == 0 or step == total:
-                cb(Progress("teacher", step, total, {"loss": float(loss.detach())}))
+                cb(Event("teacher", step, total, {"loss": float(loss.detach())}))
     return accuracy(model, val, device)
 
 
@@ -63,7 +66,7 @@ def run_demo(
     device: str = "auto",
     seed: int = 0,
     callback: Callback | None = None,
-) -> dict[str, Any]:
+) -> CompressionReport:
     """Train the teacher into ``out/teacher.pt`` and compress it into ``out/compressed``."""
     dev = resolve_device(device)
     out = prepare_run_dir(Path(out), resume=False, force=True)
@@ -76,7 +79,7 @@ def run_demo(
     if not math.isfinite(acc["loss"]):
         raise RuntimeError("the demo teacher did not train")
     save_atomic(teacher.state_dict(), out / "teacher.pt")
-    return compress(
+    job = CompressJob.create(
         str(out / "teacher.pt"),
         "demo",
         data="digits",
@@ -85,6 +88,6 @@ def run_demo(
         seed=seed,
         force=True,
         arch="demo_vgg",
-        callback=callback,
         argv=["adntn", "demo", "--out", str(out)],
     )
+    return compress(job, callback)

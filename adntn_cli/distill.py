@@ -26,8 +26,14 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader
 
-from .checkpoints import load_checkpoint, restore, restore_rng, rng_state, same_place, save_atomic
-from .data import EpochSampler
+from .checkpoints import (
+    best_checkpoint,
+    restore_training,
+    rng_state,
+    save_atomic,
+    training_checkpoint,
+)
+from .data import EpochSampler, epoch_seed
 from .distributed import Dist, any_true, barrier
 from .errors import RunInterrupted, TrainingDivergedError
 from .evaluate import accuracy
@@ -35,20 +41,21 @@ from .recipe.schema import Finetune
 from .runtime import MixedPrecision
 
 __all__ = [
-    "Progress",
+    "Callback",
+    "Distiller",
+    "Event",
     "finetune",
     "kd_loss",
     "layerwise_fit",
-    "load_checkpoint",
     "recalibrate_batchnorm",
-    "restore",
-    "save_atomic",
+    "train_mode",
 ]
 
 
 @dataclass
-class Progress:
-    """One progress report: ``phase`` is layerwise, finetune, eval or checkpoint."""
+class Event:
+    """A training event for a progress callback (not a progress bar): ``phase`` is teacher,
+    layerwise, finetune, eval or checkpoint."""
 
     phase: str
     step: int
@@ -57,10 +64,10 @@ class Progress:
     message: str = ""
 
 
-Callback = Callable[[Progress], None]
+Callback = Callable[[Event], None]
 
 
-def _quiet(_: Progress) -> None:
+def _quiet(_: Event) -> None:
     pass
 
 
@@ -155,13 +162,13 @@ def layerwise_fit(
             sched.step()
             if step % 50 == 0 or step == steps - 1:
                 metrics = {"loss": float(loss.detach())}
-                callback(Progress("layerwise", step + 1, steps, metrics, name))
+                callback(Event("layerwise", step + 1, steps, metrics, name))
         final = _relative_error(layer, pairs, precision)
         if not math.isfinite(final) or final > initial:
             layer.load_state_dict(before)
             final = initial
         results[name] = {"initial": initial, "final": final}
-        callback(Progress("layerwise", k + 1, len(fit_names), results[name], f"{name} done"))
+        callback(Event("layerwise", k + 1, len(fit_names), results[name], f"{name} done"))
     return results
 
 
@@ -238,6 +245,194 @@ def _deferred_signals():
             signal.signal(s, h)
 
 
+def train_mode(model: nn.Module) -> nn.Module:
+    """Training mode, except that a BatchNorm whose affine parameters are frozen keeps its
+    running statistics (``distill.train: replaced`` freezes them with the rest)."""
+    model.train()
+    for m in model.modules():
+        if isinstance(m, nn.modules.batchnorm._BatchNorm) and not any(
+            p.requires_grad for p in m.parameters(recurse=False)
+        ):
+            m.eval()
+    return model
+
+
+class Distiller:
+    """End-to-end distillation, as named steps: ``resume``, then per step ``_batch_loss``,
+    ``_optimise``, ``_validate`` and ``_checkpoint``, until the schedule ends or a stop.
+
+    ``forward`` (default ``student``) is the module trained and validated; with the frozen
+    prefix cached it is the student's head, and the batches carry the prefix's outputs and the
+    teacher's logits (``x, y, teacher_logits``). Checkpoints always hold the whole student.
+    """
+
+    def __init__(
+        self,
+        teacher: nn.Module,
+        student: nn.Module,
+        train: DataLoader,
+        val: DataLoader | None,
+        cfg: Finetune,
+        *,
+        checkpoints: Path,
+        device: torch.device,
+        dist: Dist,
+        precision: MixedPrecision,
+        callback: Callback,
+        forward: nn.Module | None = None,
+    ) -> None:
+        if not isinstance(train.sampler, EpochSampler) or train.generator is None:
+            raise ValueError("finetune needs a DataLoader from data.loaders (an EpochSampler)")
+        self.teacher, self.student, self.forward = teacher, student, forward or student
+        self.train, self.val, self.cfg = train, val, cfg
+        self.device, self.dist, self.precision, self.callback = device, dist, precision, callback
+        self.last, self.best = checkpoints / "last.pt", checkpoints / "best.pt"
+        self.per_epoch = len(train)
+        self.total = max(1, math.ceil(cfg.epochs * self.per_epoch))
+        self.params = [p for p in student.parameters() if p.requires_grad]
+        self.opt = torch.optim.AdamW(self.params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+        warmup = round(cfg.warmup * self.total)
+        self.sched = torch.optim.lr_scheduler.LambdaLR(self.opt, _schedule(self.total, warmup))
+        self.state: dict[str, Any] = {
+            "step": 0,
+            "best_top1": -1.0,
+            "history": [],
+            "per_epoch": self.per_epoch,
+        }
+        self.channels_last = _is_channels_last(teacher)  # then feed NHWC batches too
+        self.model: nn.Module = self.forward
+
+    # -- the named steps ---------------------------------------------------------------------
+    def resume(self) -> None:
+        """Continue from ``last.pt`` exactly: model, optimiser, scheduler, step, RNG, data."""
+        if not self.last.exists():
+            return
+        self.state = restore_training(
+            self.last, self.student, self.opt, self.sched, self.dist, self.device, self.per_epoch
+        )
+        self.callback(
+            Event("checkpoint", self.state["step"], self.total, message=f"resumed from {self.last}")
+        )
+
+    def _batches(self):
+        """The rest of the current epoch, in the order of (seed, epoch): a resumed run starts
+        inside it without loading the batches it skips; the workers' seeds follow the epoch."""
+        epoch, done = divmod(self.state["step"], self.per_epoch)
+        sampler = self.train.sampler
+        sampler.set_epoch(epoch, start=done * self.train.batch_size)
+        self.train.generator.manual_seed(epoch_seed(sampler.seed, epoch))
+        return iter(self.train)
+
+    def _batch_loss(self, batch: Sequence[torch.Tensor]) -> torch.Tensor:
+        x, y, *cached = (t.to(self.device, non_blocking=True) for t in batch)
+        if x.dim() == 4 and self.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        if cached:  # the teacher's logits of this image, computed once
+            (t_logits,) = cached
+        else:
+            with torch.no_grad(), self.precision.autocast():
+                t_logits = self.teacher(x)
+        with self.precision.autocast():
+            s_logits = self.model(x)
+        loss = kd_loss(s_logits, t_logits, y, self.cfg.temperature, self.cfg.kd_weight)
+        (diverged,) = any_true(self.dist, [not bool(torch.isfinite(loss))], self.device)
+        if diverged:
+            raise TrainingDivergedError(
+                f"the distillation loss became {float(loss.detach())} at step "
+                f"{self.state['step'] + 1}; the last good checkpoint is {self.last}; lower "
+                f"distill.finetune.lr (now {self.cfg.lr})"
+            )
+        return loss
+
+    def _optimise(self, loss: torch.Tensor) -> dict[str, float]:
+        self.opt.zero_grad(set_to_none=True)
+        loss.backward()
+        if self.cfg.clip:
+            torch.nn.utils.clip_grad_norm_(self.params, self.cfg.clip)
+        self.opt.step()
+        self.sched.step()
+        self.state["step"] += 1
+        step = self.state["step"]
+        return {"step": step, "loss": float(loss.detach()), "lr": self.sched.get_last_lr()[0]}
+
+    def _validate(self, row: dict[str, float]) -> None:
+        """Rank 0, at the end of each epoch (and every ``eval_every`` steps): top-1, and
+        ``best.pt`` when it improved."""
+        step, every = self.state["step"], self.cfg.eval_every
+        due = step % self.per_epoch == 0 or step == self.total or (every and step % every == 0)
+        if self.val is None or not self.dist.main or not due:
+            return
+        metrics = accuracy(self.forward, self.val, self.device, self.precision)
+        train_mode(self.student)
+        row.update(val_top1=metrics["top1"], val_loss=metrics["loss"])
+        self.callback(Event("eval", step, self.total, metrics))
+        if metrics["top1"] > self.state["best_top1"]:
+            self.state["best_top1"] = metrics["top1"]
+            self._save(self.best, full=False)
+
+    def _checkpoint(self, signalled: bool, stopping: bool) -> None:
+        step = self.state["step"]
+        if step % self.cfg.checkpoint_every == 0 or step == self.total or stopping or signalled:
+            self._save(self.last)
+            self.callback(Event("checkpoint", step, self.total, message=str(self.last)))
+
+    def _save(self, path: Path, full: bool = True) -> None:
+        """Rank 0 writes; a full save is a collective (every rank's RNG state is gathered)."""
+        if not full:
+            if self.dist.main:
+                save_atomic(best_checkpoint(self.student, self.state), path)
+            return
+        rng = rng_state(self.device)
+        ranks = [rng]
+        if self.dist.enabled:
+            ranks = [None] * self.dist.world
+            torch.distributed.all_gather_object(ranks, rng)
+        if self.dist.main:
+            obj = training_checkpoint(
+                self.student, self.state, self.opt, self.sched, ranks, self.dist.world
+            )
+            save_atomic(obj, path)
+
+    # -- the loop ----------------------------------------------------------------------------
+    def run(self, stop_after: int | None = None) -> dict[str, Any]:
+        """Train to the end of the schedule (or ``stop_after`` steps, checkpointed)."""
+        if self.dist.enabled:  # after a resume: every rank starts from the same weights
+            from torch.nn.parallel import DistributedDataParallel
+
+            ids = [self.device.index] if self.device.type == "cuda" else None
+            self.model = DistributedDataParallel(self.forward, device_ids=ids)
+        with _deferred_signals() as caught:  # a signal is honoured between steps, after a save
+            train_mode(self.student)
+            while self.state["step"] < self.total:
+                for batch in self._batches():
+                    row = self._optimise(self._batch_loss(batch))
+                    self._validate(row)
+                    self.state["history"].append(row)
+                    self.callback(Event("finetune", row["step"], self.total, row))
+                    if self._after_step(caught, stop_after):
+                        return self._result(interrupted=True)
+                    if self.state["step"] >= self.total:
+                        break
+            barrier(self.dist)  # best.pt and last.pt are on disk for every rank
+            return self._result(interrupted=False)
+
+    def _after_step(self, caught: dict[str, str], stop_after: int | None) -> bool:
+        """Checkpoint when due; a signal raises ``RunInterrupted``; True when ``stop_after``
+        ends the run here."""
+        step = self.state["step"]
+        stopping = stop_after is not None and step >= stop_after
+        (signalled,) = any_true(self.dist, [bool(caught)], self.device)
+        self._checkpoint(signalled, stopping)
+        if signalled or stopping:
+            barrier(self.dist)
+        if signalled:
+            raise RunInterrupted(step, str(self.last), caught.get("name", "a signal"))
+        return stopping
+
+    def _result(self, interrupted: bool) -> dict[str, Any]:
+        return {**self.state, "total": self.total, "interrupted": interrupted}
+
+
 def finetune(
     teacher: nn.Module,
     student: nn.Module,
@@ -252,6 +447,7 @@ def finetune(
     callback: Callback = _quiet,
     dist: Dist | None = None,
     precision: MixedPrecision | None = None,
+    forward: nn.Module | None = None,
 ) -> dict[str, Any]:
     """Knowledge distillation of ``student`` from ``teacher``; returns the history and best top-1.
 
@@ -267,127 +463,20 @@ def finetune(
     in the data (the global batches do not depend on the process count), but dropout masks and
     BatchNorm batch statistics do, so it matches within a tolerance, not bitwise.
     ``precision`` is the autocast of the forward passes (default: none); the loss is computed
-    in float32.
+    in float32. ``forward``: see ``Distiller``.
     """
     device = torch.device(device)
-    dist = dist or Dist()
-    precision = precision or MixedPrecision(device.type)
     teacher.eval()
     for p in teacher.parameters():
         p.requires_grad_(False)
-    sampler, g = train.sampler, train.generator
-    if not isinstance(sampler, EpochSampler) or g is None:
-        raise ValueError("finetune needs a DataLoader from data.loaders (an EpochSampler)")
-    sampler.set_epoch(0)
-    batch = train.batch_size
-    per_epoch = len(train)
-    total = max(1, math.ceil(cfg.epochs * per_epoch))
-    params = [p for p in student.parameters() if p.requires_grad]
-    opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, _schedule(total, round(cfg.warmup * total)))
-    state: dict[str, Any] = {"step": 0, "best_top1": -1.0, "history": [], "per_epoch": per_epoch}
-    last, best = checkpoints / "last.pt", checkpoints / "best.pt"
-    if resume and last.exists():
-        ckpt = load_checkpoint(last, device)
-        restore(student, ckpt["model"], last)
-        opt.load_state_dict(ckpt["optimizer"])
-        sched.load_state_dict(ckpt["scheduler"])
-        restore_rng(ckpt, dist, device)
-        state = {k: ckpt[k] for k in ("step", "best_top1", "history")}
-        state["step"] = same_place(ckpt["step"], ckpt.get("per_epoch", per_epoch), per_epoch)
-        state["per_epoch"] = per_epoch
-        callback(Progress("checkpoint", state["step"], total, message=f"resumed from {last}"))
-
-    def save(path: Path, full: bool = True) -> None:
-        """Rank 0 writes; a full save is a collective (every rank's RNG state is gathered)."""
-        obj = {"model": student.state_dict(), **state}
-        if full:
-            rng = rng_state(device)
-            ranks = [rng]
-            if dist.enabled:
-                ranks = [None] * dist.world
-                torch.distributed.all_gather_object(ranks, rng)
-            obj.update(
-                optimizer=opt.state_dict(),
-                scheduler=sched.state_dict(),
-                rng=ranks[0],
-                rng_ranks=ranks,
-                world=dist.world,
-            )
-        if dist.main:
-            save_atomic(obj, path)
-
-    model = student
-    if dist.enabled:  # after the resume: every rank starts from the same weights
-        from torch.nn.parallel import DistributedDataParallel
-
-        ids = [device.index] if device.type == "cuda" else None
-        model = DistributedDataParallel(student, device_ids=ids)
-
-    with _deferred_signals() as caught:  # a signal is honoured between steps, after a save
-        student.train()
-        channels_last = _is_channels_last(teacher)  # then feed NHWC batches too
-        while state["step"] < total:
-            # The epoch's order is a function of (seed, epoch): a resumed run starts inside it
-            # without loading the batches it skips. The workers' seeds follow the epoch too.
-            epoch, done = divmod(state["step"], per_epoch)
-            sampler.set_epoch(epoch, start=done * batch)
-            g.manual_seed(sampler.seed * 1_000_003 + epoch)
-            for x, y in train:
-                x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
-                if x.dim() == 4 and channels_last:
-                    x = x.contiguous(memory_format=torch.channels_last)
-                with torch.no_grad(), precision.autocast():
-                    t_logits = teacher(x)
-                with precision.autocast():
-                    s_logits = model(x)
-                loss = kd_loss(s_logits, t_logits, y, cfg.temperature, cfg.kd_weight)
-                (diverged,) = any_true(dist, [not bool(torch.isfinite(loss))], device)
-                if diverged:
-                    bad, at = float(loss.detach()), state["step"] + 1
-                    raise TrainingDivergedError(
-                        f"the distillation loss became {bad} at step {at}; the last good "
-                        f"checkpoint is {last}; lower distill.finetune.lr (now {cfg.lr})"
-                    )
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                if cfg.clip:
-                    torch.nn.utils.clip_grad_norm_(params, cfg.clip)
-                opt.step()
-                sched.step()
-                state["step"] += 1
-                step = state["step"]
-                row = {"step": step, "loss": float(loss.detach()), "lr": sched.get_last_lr()[0]}
-                end_of_epoch = step % per_epoch == 0 or step == total
-                if (
-                    val is not None
-                    and dist.main
-                    and (end_of_epoch or (cfg.eval_every and step % cfg.eval_every == 0))
-                ):
-                    metrics = accuracy(student, val, device, precision)
-                    student.train()
-                    row.update(val_top1=metrics["top1"], val_loss=metrics["loss"])
-                    callback(Progress("eval", step, total, metrics))
-                    if metrics["top1"] > state["best_top1"]:
-                        state["best_top1"] = metrics["top1"]
-                        save(best, full=False)
-                state["history"].append(row)
-                callback(Progress("finetune", step, total, row))
-                stopping = stop_after is not None and step >= stop_after
-                (signalled,) = any_true(dist, [bool(caught)], device)
-                if step % cfg.checkpoint_every == 0 or step == total or stopping or signalled:
-                    save(last)
-                    callback(Progress("checkpoint", step, total, message=str(last)))
-                if signalled:
-                    barrier(dist)
-                    raise RunInterrupted(step, str(last), caught.get("name", "a signal"))
-                if stopping:
-                    barrier(dist)
-                    return {**state, "total": total, "interrupted": True}
-                if step >= total:
-                    break
-        barrier(dist)  # best.pt and last.pt are on disk for every rank
-        return {**state, "total": total, "interrupted": False}
+    run = Distiller(
+        teacher, student, train, val, cfg, checkpoints=checkpoints, device=device,
+        dist=dist or Dist(), precision=precision or MixedPrecision(device.type),
+        callback=callback, forward=forward,
+    )  # fmt: skip
+    if resume:
+        run.resume()
+    return run.run(stop_after)
 
 
 def _is_channels_last(model: nn.Module) -> bool:

@@ -9,6 +9,7 @@ unpickles anything.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 from pathlib import Path
@@ -21,6 +22,7 @@ from . import __version__
 from .atomic import temp_path, torch_bytes, write_bytes
 from .errors import ModelError, UnsafeFileError
 from .models import MAX_HEADER_BYTES, check_safetensors_header
+from .report import CompressionReport
 
 __all__ = [
     "FORMAT",
@@ -250,7 +252,7 @@ def export_onnx(source: Path, out: Path, input_size: int | None = None) -> int:
     return out.stat().st_size
 
 
-def file_report(path: Path) -> dict[str, Any]:
+def file_report(path: Path) -> CompressionReport:
     """What a compressed file holds, from the file alone: per-layer records and totals."""
     from safetensors import safe_open
 
@@ -263,11 +265,10 @@ def file_report(path: Path) -> dict[str, Any]:
     p = plan(model, recipe, source=str(path))
     with safe_open(str(path), "pt") as f:
         _check_keys(path, apply_plan(model, p), list(f.keys()))
-    return {
-        "model": str(path),
-        "arch": meta["arch"],
-        "adntn_version": meta.get("adntn_version"),
-        "layers": [lp.record for lp in p.layers],
-        "totals": p.totals,
-        "files": {"model": str(path), "model_bytes": path.stat().st_size},
-    }
+    return dataclasses.replace(
+        p.report,
+        model=str(path),
+        arch=meta["arch"],
+        adntn_version=meta.get("adntn_version"),
+        files={"model": str(path), "model_bytes": path.stat().st_size},
+    )

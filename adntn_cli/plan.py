@@ -18,6 +18,7 @@ from .layers import GeneratedModule, from_module
 from .models import compressible_layers, set_submodule
 from .recipe import Candidate, Recipe, select_layers
 from .recipe.schema import StructureFields
+from .report import CompressionReport, LayerRecord, Totals
 from .tn import StructureSpec, TNConfigError
 from .tn.search import bond_dim_for_ratio
 
@@ -34,18 +35,23 @@ class LayerPlan:
     layer: str
     kind: str
     spec: StructureSpec
-    record: dict[str, Any]
+    record: LayerRecord
 
 
 @dataclass(frozen=True)
 class Plan:
     layers: list[LayerPlan]
-    totals: dict[str, Any]
+    totals: Totals
     memory_budget: int | None = None
     source: str = ""
 
+    @property
+    def report(self) -> CompressionReport:
+        """The plan's part of a report: its layer records and totals (``plan --json``)."""
+        return CompressionReport(layers=[lp.record for lp in self.layers], totals=self.totals)
+
     def to_dict(self) -> dict[str, Any]:
-        return {"layers": [lp.record for lp in self.layers], "totals": self.totals}
+        return self.report.to_dict()
 
 
 def _merge(defaults: StructureFields, rule: StructureFields) -> dict[str, Any]:
@@ -88,28 +94,29 @@ def _weights(module: nn.Module) -> list[torch.Tensor]:
     return [module.weight]
 
 
-def _record(name: str, module: nn.Module, new: GeneratedModule, batch: int | None) -> dict:
+def _record(name: str, module: nn.Module, new: GeneratedModule, batch: int | None) -> LayerRecord:
     gens = list(new.generators().values())
     descs = [g.describe(batch) for g in gens]
     first = descs[0]
-    record = {
-        "layer": name,
-        "kind": type(module).__name__,
-        "structure": first["structure"],
-        "shape": list(gens[0].weight_shape),
-        "legs": first["legs"],
-        "bond_dim": first["bond_dim"],
-        "dense_params": sum(d["dense_params"] for d in descs),
-        "tn_params": sum(d["tn_params"] for d in descs),
-        "flops": sum(d["flops"] for d in descs),
-        "peak_bytes": max(d["peak_bytes"] for d in descs),
-        "passes": first["passes"],
-        "schedule": first.get("schedule", "materialise"),
-    }
-    if isinstance(module, nn.MultiheadAttention):  # F.multi_head_attention_forward takes weights
-        record["schedule"] = "materialise"
-    record["ratio"] = record["dense_params"] / record["tn_params"]
-    return record
+    dense = sum(d["dense_params"] for d in descs)
+    tn = sum(d["tn_params"] for d in descs)
+    # F.multi_head_attention_forward takes weights: attention always materialises
+    attention = isinstance(module, nn.MultiheadAttention)
+    return LayerRecord(
+        layer=name,
+        kind=type(module).__name__,
+        structure=first["structure"],
+        shape=list(gens[0].weight_shape),
+        legs=first["legs"],
+        bond_dim=first["bond_dim"],
+        dense_params=dense,
+        tn_params=tn,
+        flops=sum(d["flops"] for d in descs),
+        peak_bytes=max(d["peak_bytes"] for d in descs),
+        passes=first["passes"],
+        schedule="materialise" if attention else first.get("schedule", "materialise"),
+        ratio=dense / tn,
+    )
 
 
 def plan(
@@ -180,20 +187,8 @@ def _meta_twin(module: nn.Module) -> nn.Module:
     return nn.Linear(m.in_features, m.out_features, m.bias is not None, device=meta)
 
 
-def _totals(model: nn.Module, layers: list[LayerPlan]) -> dict[str, Any]:
-    dense = sum(p.numel() for p in model.parameters())
-    replaced_dense = sum(lp.record["dense_params"] for lp in layers)
-    replaced_tn = sum(lp.record["tn_params"] for lp in layers)
-    compressed = dense - replaced_dense + replaced_tn
-    return {
-        "dense_params": dense,
-        "compressed_params": compressed,
-        "ratio": dense / compressed if compressed else float("inf"),
-        "replaced_dense_params": replaced_dense,
-        "replaced_tn_params": replaced_tn,
-        "replaced_ratio": replaced_dense / replaced_tn if replaced_tn else float("inf"),
-        "layers": len(layers),
-    }
+def _totals(model: nn.Module, layers: list[LayerPlan]) -> Totals:
+    return Totals.of(sum(p.numel() for p in model.parameters()), [lp.record for lp in layers])
 
 
 def apply_plan(

@@ -1,68 +1,315 @@
-"""The compression report as data: a dict for report.json, Markdown for report.md, CSV metrics."""
+"""The compression report as typed data, and one renderer per format.
+
+``LayerRecord``, ``Totals``, ``Scores``, ``Accuracy``, ``CompressionReport`` and ``EvalResult``
+own the vocabulary of DESIGN.md §9: report.json, ``plan --json`` and ``eval --json`` are
+``to_dict()`` of them, report.md is ``to_markdown``, the plot ``plot``. Records read like the
+mappings they serialise to (``record["ratio"]``). No rich here: the CLI draws its tables from the
+same records.
+"""
 
 from __future__ import annotations
 
 import csv
+import dataclasses
 import io
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 from .atomic import write_bytes
 from .errors import AdntnError
 
-__all__ = ["metrics_csv", "plot", "to_markdown"]
+__all__ = [
+    "Accuracy",
+    "CompressionReport",
+    "EvalResult",
+    "LayerRecord",
+    "Scores",
+    "Totals",
+    "format_legs",
+    "metrics_csv",
+    "plot",
+    "to_markdown",
+]
+
+
+class _Record(Mapping):
+    """A frozen dataclass that serialises to a dict of its set fields and reads like one.
+
+    A field whose value is None is left out of ``to_dict()`` (a file's report has no accuracy),
+    except the names in ``nullable``, which are written as null (a run outside git has no commit).
+    """
+
+    nullable: ClassVar[frozenset[str]] = frozenset()
+
+    def to_dict(self) -> dict[str, Any]:
+        return {k: _plain(v) for k, v in self._items() if v is not None or k in self.nullable}
+
+    def _items(self) -> Iterator[tuple[str, Any]]:
+        for f in dataclasses.fields(self):  # type: ignore[arg-type]
+            yield f.name, getattr(self, f.name)
+
+    def __getitem__(self, key: str) -> Any:
+        value = getattr(self, key, None) if key in self._names() else None
+        if value is None and key not in self.nullable:
+            raise KeyError(key)
+        return _plain(value)
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(k for k, v in self._items() if v is not None or k in self.nullable)
+
+    def __len__(self) -> int:
+        return sum(1 for _ in self)
+
+    @classmethod
+    def _names(cls) -> set[str]:
+        return {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]):
+        """From the dict ``to_dict`` wrote (unknown keys are dropped: later versions add some)."""
+        return cls(**{k: v for k, v in data.items() if k in cls._names()})
+
+
+def _plain(v: Any) -> Any:
+    if isinstance(v, _Record):
+        return v.to_dict()
+    if isinstance(v, list | tuple):
+        return [_plain(x) for x in v]
+    if isinstance(v, dict):
+        return {k: _plain(x) for k, x in v.items()}
+    return v
+
+
+@dataclass(frozen=True)
+class LayerRecord(_Record):
+    """One replaced layer as a plan resolves it (DESIGN.md §9)."""
+
+    layer: str
+    kind: str
+    structure: str
+    shape: list[int]
+    legs: list[list[int]]
+    bond_dim: list[int]
+    dense_params: int
+    tn_params: int
+    flops: int
+    peak_bytes: int
+    passes: float
+    schedule: str
+    ratio: float
+
+
+@dataclass(frozen=True)
+class Totals(_Record):
+    """The whole model's and the replaced layers' parameters and ratios."""
+
+    dense_params: int
+    compressed_params: int
+    ratio: float
+    replaced_dense_params: int
+    replaced_tn_params: int
+    replaced_ratio: float
+    layers: int
+
+    @classmethod
+    def of(cls, dense_params: int, layers: Sequence[LayerRecord]) -> Totals:
+        """The totals of a model of ``dense_params`` parameters with ``layers`` replaced."""
+        replaced_dense = sum(r.dense_params for r in layers)
+        replaced_tn = sum(r.tn_params for r in layers)
+        compressed = dense_params - replaced_dense + replaced_tn
+        return cls(
+            dense_params=dense_params,
+            compressed_params=compressed,
+            ratio=dense_params / compressed if compressed else float("inf"),
+            replaced_dense_params=replaced_dense,
+            replaced_tn_params=replaced_tn,
+            replaced_ratio=replaced_dense / replaced_tn if replaced_tn else float("inf"),
+            layers=len(layers),
+        )
+
+
+@dataclass(frozen=True)
+class Scores(_Record):
+    """Top-1 and top-5 as fractions in [0, 1], and the mean cross-entropy."""
+
+    top1: float
+    top5: float
+    loss: float
+
+    @classmethod
+    def of(cls, metrics: Mapping[str, float]) -> Scores:
+        return cls(metrics["top1"], metrics["top5"], metrics["loss"])
+
+
+@dataclass(frozen=True)
+class Accuracy(_Record):
+    """Dense against compressed on the validation split, and how often they agree."""
+
+    dense: Scores
+    compressed: Scores
+    agreement: float | None = None
+    val_images: int | None = None
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> Accuracy:
+        return cls(
+            Scores.from_dict(data["dense"]),
+            Scores.from_dict(data["compressed"]),
+            data.get("agreement"),
+            data.get("val_images"),
+        )
+
+
+@dataclass(frozen=True)
+class CompressionReport(_Record):
+    """What a compression did: report.json of a run, or what a compressed file says of itself.
+
+    The field order is report.json's key order.
+    """
+
+    nullable: ClassVar[frozenset[str]] = frozenset({"git_commit"})
+
+    layers: list[LayerRecord] = field(default_factory=list)
+    totals: Totals | None = None
+    recipe: str | None = None
+    model: str | None = None
+    arch: str | None = None
+    adntn_version: str | None = None
+    data: str | None = None
+    data_description: str | None = None
+    seed: int | None = None
+    device: str | None = None
+    precision: str | None = None
+    channels_last: bool | None = None
+    processes: int | None = None
+    command: list[str] | None = None
+    versions: dict[str, str] | None = None
+    git_commit: str | None = None
+    accuracy: Accuracy | None = None
+    layerwise: dict[str, dict[str, float]] | None = None
+    compiled: dict[str, str] | None = None
+    frozen_prefix: dict[str, Any] | None = None
+    batchnorm_recalibrated: bool | None = None
+    finetune: dict[str, Any] | None = None
+    files: dict[str, Any] | None = None
+    seconds: float | None = None
+    run_dir: str | None = field(default=None, compare=False)  # where it was written; not in JSON
+
+    def _items(self) -> Iterator[tuple[str, Any]]:
+        order = (
+            "recipe", "model", "arch", "adntn_version", "data", "data_description", "seed",
+            "device", "precision", "channels_last", "processes", "command", "versions",
+            "git_commit", "layers", "totals", "accuracy", "layerwise", "compiled",
+            "frozen_prefix", "batchnorm_recalibrated", "finetune", "files", "seconds",
+        )  # fmt: skip
+        for name in order:
+            yield name, getattr(self, name)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> CompressionReport:
+        known = {k: v for k, v in data.items() if k in cls._names()}
+        known["layers"] = [LayerRecord.from_dict(r) for r in data.get("layers", [])]
+        if data.get("totals") is not None:
+            known["totals"] = Totals.from_dict(data["totals"])
+        if data.get("accuracy") is not None:
+            known["accuracy"] = Accuracy.from_dict(data["accuracy"])
+        return cls(**known)
+
+
+@dataclass(frozen=True)
+class EvalResult(_Record):
+    """``adntn eval`` of one model, and beside it the baseline's with the differences."""
+
+    nullable: ClassVar[frozenset[str]] = frozenset({"file_bytes"})
+
+    model: str
+    kind: str
+    top1: float
+    top5: float
+    loss: float
+    val_images: int
+    file_bytes: int | None
+    params: int
+    runtime_bytes: int
+    runtime_bytes_contract: int
+    latency_ms: dict[str, float]
+    device: str
+    input_size: int
+    baseline: EvalResult | None = None
+    delta: dict[str, float] | None = None
+
+    def against(self, base: EvalResult) -> EvalResult:
+        """This result with ``base`` as its baseline and the differences (self - base)."""
+        delta = {k: self[k] - base[k] for k in ("top1", "top5", "loss", "params")}
+        return dataclasses.replace(self, baseline=base, delta=delta)
+
+
+def format_legs(legs: Sequence[Sequence[int]], compact: bool = True) -> str:
+    """``[[2,2],[2,2],[4,1]]`` -> ``'2x2^2 4x1'`` (runs of equal legs with their count), or
+    ``'2x2 2x2 4x1'`` with ``compact=False``."""
+    if not compact:
+        return " ".join(f"{o}x{i}" for o, i in legs)
+    runs: list[list] = []
+    for o, i in legs:
+        if runs and runs[-1][0] == (o, i):
+            runs[-1][1] += 1
+        else:
+            runs.append([(o, i), 1])
+    return " ".join(f"{o}x{i}" + (f"^{n}" if n > 1 else "") for (o, i), n in runs)
 
 
 def _pct(x: float | None) -> str:
     return "-" if x is None else f"{100 * x:.2f}%"
 
 
-def to_markdown(report: dict[str, Any]) -> str:
+def to_markdown(report: CompressionReport) -> str:
     """A human-readable report: what was replaced, by what, at what cost, and the accuracy."""
-    t = report["totals"]
+    t = report.totals
+    assert t is not None, "a report has totals"
     lines = [
-        f"# adntn compression report: {report.get('recipe', '')}",
+        f"# adntn compression report: {report.recipe or ''}",
         "",
-        f"Model `{report.get('model', '')}` ({report.get('arch', '')}), data "
-        f"`{report.get('data', '')}`, device {report.get('device', '')}, "
-        f"seed {report.get('seed')}.",
+        f"Model `{report.model or ''}` ({report.arch or ''}), data `{report.data or ''}`, device "
+        f"{report.device or ''}, seed {report.seed}.",
         "",
         "| layer | type | structure | legs | bond_dim | dense | generator | x fewer | kept |",
         "|---|---|---|---|---|---:|---:|---:|---:|",
     ]
-    for r in report["layers"]:
-        legs = " ".join(f"{o}x{i}" for o, i in r["legs"])
+    for r in report.layers:
+        legs = format_legs(r.legs, compact=False)
         lines.append(
-            f"| {r['layer']} | {r['kind']} | {r['structure']} | {legs} | {r['bond_dim']} | "
-            f"{r['dense_params']:,} | {r['tn_params']:,} | {r['ratio']:,.0f}x | "
-            f"{1 / r['ratio']:.2e} |"
+            f"| {r.layer} | {r.kind} | {r.structure} | {legs} | {list(r.bond_dim)} | "
+            f"{r.dense_params:,} | {r.tn_params:,} | {r.ratio:,.0f}x | {1 / r.ratio:.2e} |"
         )
     lines += [
         "",
-        f"Replaced layers: {t['replaced_dense_params']:,} -> {t['replaced_tn_params']:,} "
-        f"parameters ({t['replaced_ratio']:,.0f}x fewer; kept fraction "
-        f"{1 / t['replaced_ratio']:.2e}).",
-        f"Whole model: {t['dense_params']:,} -> {t['compressed_params']:,} parameters "
-        f"({t['ratio']:,.2f}x fewer).",
+        f"Replaced layers: {t.replaced_dense_params:,} -> {t.replaced_tn_params:,} "
+        f"parameters ({t.replaced_ratio:,.0f}x fewer; kept fraction "
+        f"{1 / t.replaced_ratio:.2e}).",
+        f"Whole model: {t.dense_params:,} -> {t.compressed_params:,} parameters "
+        f"({t.ratio:,.2f}x fewer).",
     ]
-    acc = report.get("accuracy")
+    acc = report.accuracy
     if acc:
-        d, c = acc["dense"], acc["compressed"]
+        d, c = acc.dense, acc.compressed
+        images = "-" if acc.val_images is None else acc.val_images
         lines += [
             "",
             "| | top-1 | top-5 |",
             "|---|---:|---:|",
-            f"| dense | {_pct(d.get('top1'))} | {_pct(d.get('top5'))} |",
-            f"| compressed | {_pct(c.get('top1'))} | {_pct(c.get('top5'))} |",
+            f"| dense | {_pct(d.top1)} | {_pct(d.top5)} |",
+            f"| compressed | {_pct(c.top1)} | {_pct(c.top5)} |",
             "",
-            f"Validation images: {acc.get('val_images', '-')}; top-1 agreement with the dense "
-            f"model: {_pct(acc.get('agreement'))}.",
+            f"Validation images: {images}; top-1 agreement with the dense "
+            f"model: {_pct(acc.agreement)}.",
         ]
-    fit = report.get("layerwise")
+    fit = report.layerwise
     if fit:
         lines += ["", "Layer-wise fit (output error relative to the dense layer's):", ""]
         lines += [f"- {k}: {v['initial']:.3g} -> {v['final']:.3g}" for k, v in fit.items()]
-    files = report.get("files")
+    files = report.files
     if files:
         lines += ["", f"File: {files.get('model')} ({files.get('model_bytes', 0):,} bytes)."]
     return "\n".join(lines) + "\n"
@@ -79,13 +326,15 @@ def metrics_csv(history: list[dict[str, Any]]) -> str:
     return buf.getvalue()
 
 
-def plot(report: dict[str, Any], path: str) -> None:
-    """A PNG: per-layer compression (log scale) and, where recorded, dense vs compressed top-1."""
+def plot(report: CompressionReport | Mapping[str, Any], path: str) -> None:
+    """A PNG: per-layer compression (log scale) and, where recorded, dense vs compressed top-1
+    (from a report, or a dict of report.json's shape)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    report = report.to_dict() if isinstance(report, CompressionReport) else report
     layers = report["layers"]
     acc = report.get("accuracy")
     fig, axes = plt.subplots(1, 2 if acc else 1, figsize=(11 if acc else 7, 4.2), squeeze=False)
@@ -121,8 +370,8 @@ def plot(report: dict[str, Any], path: str) -> None:
         ax2.legend(loc="lower right")
     t = report["totals"]
     fig.suptitle(
-        f"{report.get('arch', '')}: replaced layers {t['replaced_ratio']:,.0f}x fewer parameters, "
-        f"whole model {t['ratio']:,.1f}x"
+        f"{report.get('arch', '')}: replaced layers {t['replaced_ratio']:,.0f}x fewer "
+        f"parameters, whole model {t['ratio']:,.1f}x"
     )
     fig.tight_layout()
     fmt = Path(path).suffix.lstrip(".").lower() or "png"

@@ -12,7 +12,7 @@ import torch
 from torch import nn
 
 import adntn_cli.atomic as atomic
-from adntn_cli.distill import load_checkpoint, save_atomic
+from adntn_cli.checkpoints import load_checkpoint, save_atomic
 from adntn_cli.errors import DiskFullError, WriteError
 from adntn_cli.io import save_compressed
 from adntn_cli.report import plot

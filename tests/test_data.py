@@ -93,7 +93,7 @@ def test_missing_local_copies_are_refused_not_downloaded(tmp_path):
 
 
 def test_data_paths_in_a_recipe_are_relative_to_the_recipe_file(tmp_path):
-    from adntn_cli.pipeline import relative_to_recipe
+    from adntn_cli.resolved import relative_to_recipe
 
     recipe = tmp_path / "sub" / "r.yaml"
     assert relative_to_recipe("imagefolder:data/x", recipe) == f"imagefolder:{tmp_path}/sub/data/x"

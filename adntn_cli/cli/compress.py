@@ -4,25 +4,28 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
 from .app import app, handle_errors, out
 from .options import Arch, Json, Model, RecipeOpt
 
+if TYPE_CHECKING:
+    from ..report import CompressionReport
+
 Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="No progress output.")]
 Device = Annotated[str, typer.Option("--device", help="auto, cpu, cuda, cuda:N or mps.")]
 Seed = Annotated[int, typer.Option("--seed", help="Seed for initialisation, data order, dropout.")]
 
 
-def summary(report: dict) -> str:
-    acc, t = report["accuracy"], report["totals"]
+def summary(report: CompressionReport) -> str:
+    acc, t = report.accuracy, report.totals
     return (
-        f"replaced layers {t['replaced_ratio']:,.0f}x fewer parameters; whole model "
-        f"{t['ratio']:,.2f}x; top-1 dense {100 * acc['dense']['top1']:.2f}% -> compressed "
-        f"{100 * acc['compressed']['top1']:.2f}% ({acc['val_images']} validation images)\n"
-        f"wrote {report['run_dir']}/: model.safetensors, report.json, report.md, metrics.csv, "
+        f"replaced layers {t.replaced_ratio:,.0f}x fewer parameters; whole model "
+        f"{t.ratio:,.2f}x; top-1 dense {100 * acc.dense.top1:.2f}% -> compressed "
+        f"{100 * acc.compressed.top1:.2f}% ({acc.val_images} validation images)\n"
+        f"wrote {report.run_dir}/: model.safetensors, report.json, report.md, metrics.csv, "
         "recipe.resolved.yaml, checkpoints/"
     )
 
@@ -84,20 +87,21 @@ def compress(
     import json
 
     from ..distributed import from_env
-    from ..pipeline import compress as run
+    from ..job import CompressJob
+    from ..job import compress as run
     from .progress import Reporter
 
+    job = CompressJob.create(
+        model, recipe, data=data, out=out_dir, device=device, seed=seed, resume=resume,
+        force=force, arch=arch, allow_pickle=allow_pickle, argv=["adntn", *sys.argv[1:]],
+        cores_dtype=cores_dtype, compile_mode=compile_mode, precision=precision,
+    )  # fmt: skip
     main_process = from_env().main  # under torchrun only rank 0 prints
     with Reporter(quiet or not main_process) as reporter:
-        report = run(
-            model, recipe, data=data, out=out_dir, device=device, seed=seed, resume=resume,
-            force=force, arch=arch, allow_pickle=allow_pickle, callback=reporter,
-            argv=["adntn", *sys.argv[1:]], cores_dtype=cores_dtype, compile_mode=compile_mode,
-            precision=precision,
-        )  # fmt: skip
+        report = run(job, reporter)
     if not main_process:
         return
     if json_:
-        typer.echo(json.dumps(report, indent=1))
+        typer.echo(json.dumps({**report.to_dict(), "run_dir": report.run_dir}, indent=1))
     else:
         out.print(summary(report), highlight=False)

@@ -34,5 +34,5 @@ def demo(
 
     with Reporter(quiet) as reporter:
         report = run_demo(out_dir, device=device, seed=seed, callback=reporter)
-    out.print((Path(report["run_dir"]) / "report.md").read_text(), highlight=False)
+    out.print((Path(report.run_dir) / "report.md").read_text(), highlight=False)
     out.print(summary(report), highlight=False)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.table import Table
@@ -12,18 +12,22 @@ from .app import app, handle_errors, out
 from .compress import Device
 from .options import Arch, Json, NumClasses
 
+if TYPE_CHECKING:
+    from ..report import EvalResult
+
 Source = Annotated[
     str, typer.Argument(help="A compressed .safetensors, a state dict, or torchvision:NAME")
 ]
 
 
-def measure(source: str, data: str, *, arch, num_classes, input_size, batch, device) -> dict:
+def measure(source: str, data: str, *, arch, num_classes, input_size, batch, device) -> EvalResult:
     import torch
 
     from ..data import loaders, make_datasets
+    from ..devices import resolve_device
     from ..evaluate import accuracy, count_params, latency, runtime_bytes
     from ..io import load_any
-    from ..pipeline import resolve_device
+    from ..report import EvalResult
 
     dev = resolve_device(device)
     model, info = load_any(source, arch, num_classes, device=dev)
@@ -32,23 +36,22 @@ def measure(source: str, data: str, *, arch, num_classes, input_size, batch, dev
         classes = model(torch.zeros(1, 3, size, size, device=dev)).shape[-1]
     _, val = loaders(make_datasets(data, size, classes), batch)
     acc = accuracy(model, val, dev)
-    result = {
-        "model": source,
-        "kind": info["kind"],
-        "top1": acc["top1"],
-        "top5": acc["top5"],
-        "loss": acc["loss"],
-        "val_images": acc["n"],
-        "file_bytes": info["file_bytes"],
-        "params": count_params(model),
+    return EvalResult(
+        model=source,
+        kind=info["kind"],
+        top1=acc["top1"],
+        top5=acc["top5"],
+        loss=acc["loss"],
+        val_images=acc["n"],
+        file_bytes=info["file_bytes"],
+        params=count_params(model),
         **runtime_bytes(model, batch),
-        "latency_ms": {
+        latency_ms={
             str(b): round(1e3 * latency(model, (3, size, size), b, dev), 3) for b in (1, 64)
         },
-        "device": str(dev),
-        "input_size": size,
-    }
-    return result
+        device=str(dev),
+        input_size=size,
+    )
 
 
 def _fmt_bytes(n) -> str:
@@ -91,28 +94,26 @@ def eval_(
           "device": device}  # fmt: skip
     result = measure(model, data, **kw)
     if baseline:
-        kw["input_size"] = input_size or result["input_size"]
-        base = measure(baseline, data, **kw)
-        result["baseline"] = base
-        result["delta"] = {k: result[k] - base[k] for k in ("top1", "top5", "loss", "params")}
+        kw["input_size"] = input_size or result.input_size
+        result = result.against(measure(baseline, data, **kw))
     if json_:
-        typer.echo(json.dumps(result, indent=1))
+        typer.echo(json.dumps(result.to_dict(), indent=1))
         return
-    rows = [result, result.get("baseline")] if baseline else [result]
-    table = Table(title=f"eval on {data} ({result['val_images']} validation images)")
+    rows = [result, result.baseline] if baseline else [result]
+    table = Table(title=f"eval on {data} ({result.val_images} validation images)")
     for col in ("", "top-1", "top-5", "loss", "file", "params", "runtime memory",
                 "contract memory", "latency b=1", "latency b=64"):  # fmt: skip
         table.add_column(col, justify="right")
     for r, label in zip(rows, ("model", "baseline"), strict=False):
         table.add_row(
-            f"{label} ({r['kind']})", f"{100 * r['top1']:.2f}%", f"{100 * r['top5']:.2f}%",
-            f"{r['loss']:.4f}", _fmt_bytes(r["file_bytes"]), f"{r['params']:,}",
-            _fmt_bytes(r["runtime_bytes"]), _fmt_bytes(r["runtime_bytes_contract"]),
-            f"{r['latency_ms']['1']:.2f} ms", f"{r['latency_ms']['64']:.2f} ms",
+            f"{label} ({r.kind})", f"{100 * r.top1:.2f}%", f"{100 * r.top5:.2f}%",
+            f"{r.loss:.4f}", _fmt_bytes(r.file_bytes), f"{r.params:,}",
+            _fmt_bytes(r.runtime_bytes), _fmt_bytes(r.runtime_bytes_contract),
+            f"{r.latency_ms['1']:.2f} ms", f"{r.latency_ms['64']:.2f} ms",
         )  # fmt: skip
     out.print(table)
     if baseline:
-        d = result["delta"]
+        d = result.delta
         out.print(
             f"delta (model - baseline): top-1 {100 * d['top1']:+.2f} points, top-5 "
             f"{100 * d['top5']:+.2f} points, parameters {d['params']:+,}"

@@ -6,30 +6,10 @@ import json
 from typing import Annotated
 
 import typer
-from rich.table import Table
 
 from .app import app, handle_errors, out
 from .options import Arch, Json, Model, NumClasses, RecipeOpt
 from .resolve import meta_model
-
-
-def compact_legs(legs: list[list[int]]) -> str:
-    """``[[2,2],[2,2],[4,1]] -> '2x2^2 4x1'``: runs of equal legs with their count."""
-    runs: list[list] = []
-    for o, i in legs:
-        if runs and runs[-1][0] == (o, i):
-            runs[-1][1] += 1
-        else:
-            runs.append([(o, i), 1])
-    return " ".join(f"{o}x{i}" + (f"^{n}" if n > 1 else "") for (o, i), n in runs)
-
-
-def _si(n: float) -> str:
-    for unit in ("", "K", "M", "G", "T", "P"):
-        if abs(n) < 1000:
-            return f"{n:.3g}{unit}"
-        n /= 1000
-    return f"{n:.3g}E"
 
 
 @app.command()
@@ -60,7 +40,7 @@ def plan(
     """
     from ..plan import plan as make_plan
     from ..recipe import load_recipe
-    from ..tn import format_bytes
+    from .tables import layer_table
 
     rec, source = load_recipe(recipe)
     net = meta_model(
@@ -71,48 +51,13 @@ def plan(
     if json_:
         typer.echo(json.dumps(p.to_dict(), indent=1))
         return
-    table = Table(title=f"plan: {source} on {model}")
-    cols = (
-        "layer",
-        "type",
-        "structure",
-        "legs",
-        "bond_dim",
-        "dense",
-        "tn",
-        "ratio",
-        "FLOPs",
-        "peak",
-        "schedule",
-    )
-    for col in cols:
-        table.add_column(
-            col, justify="right" if col in ("dense", "tn", "ratio", "FLOPs") else "left"
-        )
-    for lp in p.layers:
-        r = lp.record
-        legs = compact_legs(r["legs"])
-        table.add_row(
-            r["layer"],
-            r["kind"],
-            r["structure"],
-            legs,
-            ",".join(map(str, r["bond_dim"])),
-            f"{r['dense_params']:,}",
-            f"{r['tn_params']:,}",
-            f"{r['ratio']:,.0f}x",
-            _si(r["flops"]),
-            format_bytes(r["peak_bytes"]),
-            r["schedule"],
-        )
-    out.print(table)
+    out.print(layer_table([lp.record for lp in p.layers], f"plan: {source} on {model}"))
     t = p.totals
     out.print(
-        f"replaced layers: {t['replaced_dense_params']:,} -> {t['replaced_tn_params']:,} "
-        f"parameters ({t['replaced_ratio']:,.0f}x fewer, kept fraction "
-        f"{1 / t['replaced_ratio']:.2e})"
+        f"replaced layers: {t.replaced_dense_params:,} -> {t.replaced_tn_params:,} "
+        f"parameters ({t.replaced_ratio:,.0f}x fewer, kept fraction {1 / t.replaced_ratio:.2e})"
     )
     out.print(
-        f"whole model: {t['dense_params']:,} -> {t['compressed_params']:,} parameters "
-        f"({t['ratio']:,.1f}x fewer)"
+        f"whole model: {t.dense_params:,} -> {t.compressed_params:,} parameters "
+        f"({t.ratio:,.1f}x fewer)"
     )

@@ -13,7 +13,7 @@ PLAIN_EVERY = 20
 
 
 class Reporter:
-    """A callback for ``adntn_cli.distill.Progress`` events; use as a context manager."""
+    """A callback for ``adntn_cli.distill.Event`` events; use as a context manager."""
 
     def __init__(self, quiet: bool = False) -> None:
         self.quiet = quiet

@@ -2,32 +2,38 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
-from rich.table import Table
 
 from ..errors import AdntnError
 from .app import app, handle_errors, out
 from .options import Json
-from .plan import compact_legs
+
+if TYPE_CHECKING:
+    from ..report import CompressionReport
 
 
-def load_report(target: Path) -> dict:
+def load_report(target: Path) -> CompressionReport:
     """report.json of a run directory, or what a compressed file says about itself."""
+    from ..report import CompressionReport
+
     if target.is_dir():
         path = target / "report.json"
         if not path.exists():
             raise AdntnError(f"{target} has no report.json: is it an adntn run directory?")
         try:
-            report = json.loads(path.read_text())
+            data = json.loads(path.read_text())
         except json.JSONDecodeError as err:
             raise AdntnError(f"{path}: not valid JSON ({err})") from None
-        model = Path(report.get("files", {}).get("model", target / "model.safetensors"))
+        report = CompressionReport.from_dict(data)
+        model = Path((report.files or {}).get("model", target / "model.safetensors"))
         if model.exists():
-            report["files"]["model_bytes"] = model.stat().st_size
+            files = {**(report.files or {}), "model_bytes": model.stat().st_size}
+            report = dataclasses.replace(report, files=files)
         return report
     if not target.exists():
         raise AdntnError(f"{target}: no such run directory or file")
@@ -54,47 +60,36 @@ def report(
     from ..report import plot as draw
     from ..report import to_markdown
     from ..tn import format_bytes
+    from .tables import layer_table
 
     rep = load_report(target)
     if plot:
         draw(rep, str(plot))
     if json_:
-        typer.echo(json.dumps(rep, indent=1))
+        typer.echo(json.dumps(rep.to_dict(), indent=1))
         return
     if markdown:
         typer.echo(to_markdown(rep), nl=False)
         return
-    table = Table(title=f"adntn report: {target}")
-    for col in ("layer", "type", "structure", "legs", "bond_dim", "dense", "generator",
-                "x fewer params", "kept fraction", "FLOPs", "peak", "schedule"):  # fmt: skip
-        table.add_column(col, justify="right" if col[0] in "dgxkF" else "left")
-    for r in rep["layers"]:
-        table.add_row(
-            r["layer"], r["kind"], r["structure"], compact_legs(r["legs"]),
-            ",".join(map(str, r["bond_dim"])),
-            f"{r['dense_params']:,}", f"{r['tn_params']:,}", f"{r['ratio']:,.0f}x",
-            f"{1 / r['ratio']:.2e}", f"{r['flops']:.3g}", format_bytes(r["peak_bytes"]),
-            r["schedule"],
-        )  # fmt: skip
-    out.print(table)
-    t = rep["totals"]
-    size = rep.get("files", {}).get("model_bytes")
+    out.print(layer_table(rep.layers, f"adntn report: {target}", style="report"))
+    t = rep.totals
+    size = (rep.files or {}).get("model_bytes")
     out.print(
-        f"parameters: {t['dense_params']:,} -> {t['compressed_params']:,} "
-        f"({t['ratio']:,.2f}x fewer in total; replaced layers {t['replaced_ratio']:,.0f}x fewer, "
-        f"kept fraction {1 / t['replaced_ratio']:.2e})"
+        f"parameters: {t.dense_params:,} -> {t.compressed_params:,} "
+        f"({t.ratio:,.2f}x fewer in total; replaced layers {t.replaced_ratio:,.0f}x fewer, "
+        f"kept fraction {1 / t.replaced_ratio:.2e})"
     )
     if size:
         out.print(
-            f"file: {format_bytes(size)} compressed against {format_bytes(4 * t['dense_params'])} "
+            f"file: {format_bytes(size)} compressed against {format_bytes(4 * t.dense_params)} "
             "dense (float32)"
         )
-    acc = rep.get("accuracy")
+    acc = rep.accuracy
     if acc:
-        d, c = acc["dense"], acc["compressed"]
+        d, c = acc.dense, acc.compressed
         out.print(
-            f"top-1: dense {100 * d['top1']:.2f}% -> compressed {100 * c['top1']:.2f}%; top-5: "
-            f"{100 * d['top5']:.2f}% -> {100 * c['top5']:.2f}%"
+            f"top-1: dense {100 * d.top1:.2f}% -> compressed {100 * c.top1:.2f}%; top-5: "
+            f"{100 * d.top5:.2f}% -> {100 * c.top5:.2f}%"
         )
     if plot:
         out.print(f"plot: {plot}")

@@ -140,6 +140,15 @@ class Distill(_Strict):
     compile: Literal["auto", "on", "off"] = Field(
         default="off", description="torch.compile the generators: auto = on CUDA only"
     )
+    train: Literal["all", "replaced"] = Field(
+        default="all",
+        description="which parameters the end-to-end step trains: all, or the replaced layers'",
+    )
+    cache_frozen_prefix: Literal["auto", "off"] = Field(
+        default="auto",
+        description="with train: replaced, compute the frozen layers before the first replaced "
+        "one once per image (auto: when the data is not augmented and the cache fits)",
+    )
     precision: Literal["auto", "bf16", "fp32"] = Field(
         default="auto",
         description="autocast of the forward passes: auto = bf16 on CUDA, fp32 elsewhere",

@@ -14,8 +14,8 @@ from typer.testing import CliRunner
 
 import adntn_cli.atomic as atomic
 import adntn_cli.checkpoints as checkpoints
+from adntn_cli.checkpoints import load_checkpoint
 from adntn_cli.cli.app import app, register_commands
-from adntn_cli.distill import load_checkpoint
 from adntn_cli.models import build_model
 from tests.cli.tiny import tiny_recipe
 

@@ -11,7 +11,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from adntn_cli.distill import load_checkpoint
+from adntn_cli.checkpoints import load_checkpoint
 from tests.cli.tiny import compress_command, tiny_recipe, write_job
 
 # synthetic:64 -> 48 training images, 3 steps an epoch: 15 steps, last.pt every 2 steps, an

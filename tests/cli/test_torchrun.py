@@ -34,7 +34,7 @@ TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2"]
 SLOW_SAVE = """\
 import os, sys, time
 from pathlib import Path
-import adntn_cli.pipeline as pipeline
+import adntn_cli.job as pipeline
 real_save, real_exit = pipeline.save_compressed, os._exit
 def slow_save(*args, **kwargs):
     time.sleep(3)

@@ -1,0 +1,367 @@
+"""The compress job: ``CompressJob`` (everything a run depends on) and the stages that
+``compress(job)`` composes.
+
+    start -> load_inputs -> build_student -> fit_layers -> distil -> evaluate -> write
+
+Each stage takes the job and the ``Run`` (what the stages so far made) and adds to it, so each
+can be called, and tested, alone. Everything a user can get wrong is checked before the run
+directory is touched: by ``CompressJob.create`` (flags and recipe) and ``load_inputs`` (model,
+plan, data). Under torchrun every rank runs every stage up to ``distil``; rank 0 alone
+evaluates and writes, and every rank returns rank 0's report once the files exist.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import json
+import platform
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import yaml
+from torch import nn
+
+from . import __version__, distributed
+from .atomic import write_text
+from .checkpoints import (
+    layerwise_checkpoint,
+    load_checkpoint,
+    restore,
+    restore_layerwise,
+    save_atomic,
+)
+from .data import Datasets, loaders, make_datasets
+from .devices import resolve_device
+from .distill import Callback, Event, finetune, layerwise_fit, recalibrate_batchnorm
+from .errors import AdntnError, DataError
+from .evaluate import accuracy, agreement
+from .io import save_compressed
+from .models import load_model
+from .plan import Plan, apply_plan, plan
+from .prefix import FrozenPrefix, cache_frozen_prefix
+from .recipe import Recipe, load_recipe
+from .report import Accuracy, CompressionReport, Scores, metrics_csv, to_markdown
+from .resolved import relative_to_recipe, resolved_recipe
+from .rundir import check_run_dir, new_run_dir, prepare_run_dir
+from .runtime import (
+    PRECISIONS,
+    MixedPrecision,
+    compile_generators,
+    resolve_precision,
+    use_channels_last,
+)
+
+__all__ = ["CompressJob", "Run", "compress"]
+
+CORES_DTYPES = {"float32": None, "bfloat16": torch.bfloat16}
+
+
+@dataclass(frozen=True)
+class CompressJob:
+    """Everything a compress run depends on, the command line and the recipe merged once.
+
+    ``model`` is ``torchvision:NAME`` or a state-dict file (architecture from ``arch`` or the
+    recipe's ``model.arch``); ``data`` is the data spec in use (``--data``, else the recipe's,
+    read beside its file); ``compile_mode`` and ``precision`` are the recipe's unless a flag
+    said otherwise; ``cores_dtype`` is how the cores are stored; ``stop_after`` ends the
+    end-to-end step early, checkpointed (an interruption, for tests), and ``resume`` continues.
+    """
+
+    model: str
+    recipe: Recipe
+    source: str
+    data: str
+    out: Path | None = None
+    device: str = "auto"
+    seed: int = 0
+    resume: bool = False
+    force: bool = False
+    arch: str | None = None
+    allow_pickle: bool = False
+    cores_dtype: str = "float32"
+    compile_mode: str = "off"
+    precision: str = "auto"
+    channels_last: bool | None = None
+    stop_after: int | None = None
+    argv: tuple[str, ...] = ()
+
+    @classmethod
+    def create(
+        cls,
+        model: str,
+        recipe: str | Path,
+        *,
+        data: str | None = None,
+        out: str | Path | None = None,
+        compile_mode: str | None = None,
+        precision: str | None = None,
+        argv: list[str] | None = None,
+        **flags: Any,
+    ) -> CompressJob:
+        """The job of ``adntn compress`` with these arguments; bad ones raise ``AdntnError``."""
+        _check_flags(flags.get("cores_dtype", "float32"), compile_mode, precision)
+        seed = flags.get("seed", 0)
+        if not 0 <= seed < 2**32:
+            raise AdntnError(f"--seed {seed}: a seed is a whole number from 0 to {2**32 - 1}")
+        rec, source = load_recipe(recipe)
+        world = distributed.from_env().world
+        if rec.data.batch_size % world:
+            raise AdntnError(
+                f"data.batch_size {rec.data.batch_size} does not split evenly over {world} "
+                f"processes; use a multiple of {world} (it is the global batch)"
+            )
+        spec = data or rec.data.train
+        if not spec:
+            raise DataError(
+                "no data: pass --data (e.g. digits, imagefolder:PATH) or set data.train"
+            )
+        if data is None and Path(recipe).is_file():
+            spec = relative_to_recipe(spec, Path(recipe))
+        return cls(
+            model=model, recipe=rec, source=source, data=spec,
+            out=Path(out) if out is not None else None,
+            compile_mode=compile_mode or rec.distill.compile,
+            precision=precision or rec.distill.precision,
+            argv=tuple(argv if argv is not None else sys.argv), **flags,
+        )  # fmt: skip
+
+
+def _check_flags(cores_dtype: str, compile_mode: str | None, precision: str | None) -> None:
+    if cores_dtype not in CORES_DTYPES:
+        raise AdntnError(f"cores dtype {cores_dtype!r} is not offered; valid: float32, bfloat16")
+    if compile_mode not in (None, "auto", "on", "off"):
+        raise AdntnError(f"--compile {compile_mode!r}: valid: auto, on, off")
+    if precision not in (None, *PRECISIONS):
+        raise AdntnError(f"--precision {precision!r}: valid: {', '.join(PRECISIONS)}")
+
+
+@dataclass
+class Run:
+    """What the stages of one job have made so far."""
+
+    dist: distributed.Dist
+    device: torch.device
+    amp: MixedPrecision
+    out: Path
+    callback: Callback
+    started: float = field(default_factory=time.time)
+    teacher: nn.Module | None = None
+    arch: str = ""
+    plan: Plan | None = None
+    datasets: Datasets | None = None
+    student: nn.Module | None = None
+    channels_last: bool = False
+    compiled: dict[str, str] = field(default_factory=dict)
+    fit: dict[str, dict[str, float]] = field(default_factory=dict)
+    recalibrated: bool = False
+    prefix: FrozenPrefix | None = None
+    history: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def checkpoints(self) -> Path:
+        return self.out / "checkpoints"
+
+    @property
+    def names(self) -> list[str]:
+        assert self.plan is not None, "load_inputs runs first"
+        return [lp.layer for lp in self.plan.layers]
+
+
+def _quiet(_: Event) -> None:
+    pass
+
+
+# -- the stages ------------------------------------------------------------------------------
+def start(job: CompressJob, callback: Callback | None = None) -> Run:
+    """Join the process group (torchrun), pick the device, name the run directory (rank 0's
+    choice) and check that it may be used; nothing is written."""
+    dist, dev = distributed.init(resolve_device(job.device))
+    out = job.out if job.out is not None else new_run_dir(job.source)
+    out = Path(distributed.broadcast(dist, str(out)))
+    check_run_dir(out, resume=job.resume, force=job.force)
+    cb = (callback or _quiet) if dist.main else _quiet  # rank 0 alone reports progress
+    return Run(dist, dev, resolve_precision(job.precision, dev), out, cb)
+
+
+def load_inputs(job: CompressJob, run: Run) -> None:
+    """The teacher, the plan (pure) and the data: every input is checked; then the run
+    directory is made (emptied with ``--force``)."""
+    torch.manual_seed(job.seed)
+    from_file = not job.model.startswith("torchvision:")
+    arch = job.arch or job.recipe.model.arch
+    run.teacher = load_model(
+        job.model, arch, None if from_file else job.recipe.model.num_classes,
+        allow_pickle=job.allow_pickle, device=run.device,
+    ).eval()  # fmt: skip
+    run.arch = arch or job.model.split(":", 1)[-1]
+    run.plan = plan(run.teacher, job.recipe, source=job.source, batch=job.recipe.data.batch_size)
+    run.datasets = make_datasets(
+        job.data, job.recipe.model.input_size, job.recipe.model.num_classes
+    )
+    if run.dist.main:
+        prepare_run_dir(run.out, resume=job.resume, force=job.force)
+    distributed.barrier(run.dist)
+
+
+def build_student(job: CompressJob, run: Run) -> None:
+    """A copy of the teacher with the plan applied, on the device; with ``distill.train:
+    replaced`` only the replaced layers train; channels-last and torch.compile as asked."""
+    student = copy.deepcopy(run.teacher)
+    apply_plan(student, run.plan, generator=torch.Generator().manual_seed(job.seed))
+    student.to(run.device)
+    if job.recipe.distill.train == "replaced":
+        student.requires_grad_(False)
+        for name in run.names:
+            student.get_submodule(name).requires_grad_(True)
+    run.channels_last = use_channels_last([run.teacher, student], run.device, job.channels_last)
+    run.compiled = compile_generators(student, job.compile_mode)
+    run.student = student
+
+
+def fit_layers(job: CompressJob, run: Run) -> None:
+    """The layer-wise fit and BatchNorm recalibration, checkpointed (or restored on resume)."""
+    stage = run.checkpoints / "layerwise.pt"
+    if job.resume and stage.exists():
+        run.fit, run.recalibrated = restore_layerwise(stage, run.student, run.device)
+        run.callback(
+            Event("layerwise", 1, 1, message=f"resumed after the layer-wise fit ({stage})")
+        )
+        return
+    lw = job.recipe.distill.layerwise
+    calib_loader, _ = loaders(run.datasets, job.recipe.data.batch_size, seed=job.seed + 1)
+    calib = [x for _, (x, _) in zip(range(lw.batches), calib_loader, strict=False)]
+    run.fit = layerwise_fit(
+        run.teacher, run.student, run.names, calib, steps=lw.steps, lr=lw.lr, device=run.device,
+        callback=run.callback, precision=run.amp,
+    )  # fmt: skip
+    run.recalibrated = recalibrate_batchnorm(run.student, calib, run.device)
+    if run.dist.main:
+        save_atomic(layerwise_checkpoint(run.student, run.fit, run.recalibrated), stage)
+
+
+def distil(job: CompressJob, run: Run) -> None:
+    """End-to-end distillation (checkpointed, resumable), on the cached frozen prefix where it
+    applies; then the best checkpoint is restored."""
+    d, cfg = job.recipe.distill, job.recipe.distill.finetune
+    cache, run.prefix = cache_frozen_prefix(
+        run.student, run.teacher, run.datasets, run.names, train=d.train,
+        mode=d.cache_frozen_prefix, device=run.device, precision=run.amp,
+        batch=job.recipe.data.batch_size,
+    )  # fmt: skip
+    run.history = {"history": [], "step": 0, "total": 0, "interrupted": False}
+    if cfg.epochs <= 0:
+        return
+    data, forward = (cache.data, cache.head) if cache else (run.datasets, None)
+    dist = run.dist
+    train, val = loaders(
+        data, job.recipe.data.batch_size // dist.world, workers=job.recipe.data.workers,
+        seed=job.seed, pin_memory=run.device.type == "cuda", rank=dist.rank, world=dist.world,
+    )  # fmt: skip
+    run.history = finetune(
+        run.teacher, run.student, train, val, cfg, checkpoints=run.checkpoints,
+        device=run.device, resume=job.resume, stop_after=job.stop_after, callback=run.callback,
+        dist=dist, precision=run.amp, forward=forward,
+    )  # fmt: skip
+    best = run.checkpoints / "best.pt"
+    if not run.history["interrupted"] and best.exists():
+        restore(run.student, load_checkpoint(best, run.device)["model"], best)
+
+
+def evaluate(job: CompressJob, run: Run) -> Accuracy:
+    """Dense and compressed top-1/top-5 on the validation split, and their agreement."""
+    _, val = loaders(run.datasets, job.recipe.data.batch_size, seed=job.seed)
+    run.callback(Event("eval", 0, 1, message="evaluating the dense and the compressed model"))
+    dense = accuracy(run.teacher, val, run.device, run.amp)
+    comp = accuracy(run.student, val, run.device, run.amp)
+    return Accuracy(
+        Scores.of(dense),
+        Scores.of(comp),
+        agreement(run.teacher, run.student, val, run.device, run.amp),
+        comp["n"],
+    )
+
+
+def write(job: CompressJob, run: Run, acc: Accuracy) -> CompressionReport:
+    """model.safetensors, report.json, report.md, metrics.csv and recipe.resolved.yaml (rank 0)."""
+    resolved = resolved_recipe(job.recipe, run.plan)
+    model_path = run.out / "model.safetensors"
+    size = save_compressed(
+        run.student, model_path, arch=run.arch, num_classes=job.recipe.model.num_classes,
+        recipe=resolved, dtype=CORES_DTYPES[job.cores_dtype],
+    )  # fmt: skip
+    report = CompressionReport(
+        recipe=job.source,
+        model=job.model,
+        arch=run.arch,
+        data=job.data,
+        data_description=run.datasets.description,
+        seed=job.seed,
+        device=str(run.device),
+        precision=run.amp.name,
+        channels_last=run.channels_last,
+        processes=run.dist.world,
+        command=list(job.argv),
+        versions=_versions(),
+        git_commit=_git_commit(),
+        layers=[lp.record for lp in run.plan.layers],
+        totals=run.plan.totals,
+        accuracy=acc,
+        layerwise=run.fit,
+        compiled=run.compiled,
+        frozen_prefix=dataclasses.asdict(run.prefix) if run.prefix else None,
+        batchnorm_recalibrated=run.recalibrated,
+        finetune={k: run.history[k] for k in ("step", "total", "interrupted")},
+        files={"model": str(model_path), "model_bytes": size},
+        seconds=round(time.time() - run.started, 1),
+        run_dir=str(run.out),
+    )
+    write_text(run.out / "report.json", json.dumps(report.to_dict(), indent=1) + "\n")
+    write_text(run.out / "report.md", to_markdown(report))
+    write_text(run.out / "metrics.csv", metrics_csv(run.history["history"]))
+    write_text(run.out / "recipe.resolved.yaml", yaml.safe_dump(resolved, sort_keys=False))
+    return report
+
+
+def compress(job: CompressJob, callback: Callback | None = None) -> CompressionReport:
+    """Run ``job`` through every stage; returns the report written to its run directory.
+
+    Under torchrun every rank returns rank 0's report once the run directory is written; the
+    process group stays joined, and a process that ends then should leave through
+    ``distributed.finish()`` (the CLI does).
+    """
+    run = start(job, callback)
+    load_inputs(job, run)
+    build_student(job, run)
+    fit_layers(job, run)
+    distil(job, run)
+    report = write(job, run, evaluate(job, run)) if run.dist.main else None
+    report = distributed.broadcast(run.dist, report)  # after rank 0 has written
+    return report
+
+
+def _git_commit() -> str | None:
+    try:
+        root = Path(__file__).resolve().parent.parent
+        done = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, timeout=5
+        )
+        return done.stdout.strip() or None if done.returncode == 0 else None
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+def _versions() -> dict[str, str]:
+    import torchvision
+
+    return {
+        "adntn": __version__,
+        "torch": torch.__version__,
+        "torchvision": torchvision.__version__,
+        "python": platform.python_version(),
+    }
