@@ -275,17 +275,18 @@ class Distiller:
         cfg: Finetune,
         *,
         checkpoints: Path,
-        device: torch.device,
-        dist: Dist,
-        precision: MixedPrecision,
-        callback: Callback,
+        device: torch.device | str = "cpu",
+        dist: Dist | None = None,
+        precision: MixedPrecision | None = None,
+        callback: Callback = _quiet,
         forward: nn.Module | None = None,
     ) -> None:
         if not isinstance(train.sampler, EpochSampler) or train.generator is None:
             raise ValueError("finetune needs a DataLoader from data.loaders (an EpochSampler)")
         self.teacher, self.student, self.forward = teacher, student, forward or student
         self.train, self.val, self.cfg = train, val, cfg
-        self.device, self.dist, self.precision, self.callback = device, dist, precision, callback
+        self.device, self.dist, self.callback = torch.device(device), dist or Dist(), callback
+        self.precision = precision or MixedPrecision(self.device.type)
         self.last, self.best = checkpoints / "last.pt", checkpoints / "best.pt"
         self.per_epoch = len(train)
         self.total = max(1, math.ceil(cfg.epochs * self.per_epoch))
@@ -440,21 +441,18 @@ def finetune(
     val: DataLoader | None,
     cfg: Finetune,
     *,
-    checkpoints: Path,
-    device: torch.device | str = "cpu",
     resume: bool = False,
     stop_after: int | None = None,
-    callback: Callback = _quiet,
-    dist: Dist | None = None,
-    precision: MixedPrecision | None = None,
-    forward: nn.Module | None = None,
+    **options: Any,
 ) -> dict[str, Any]:
     """Knowledge distillation of ``student`` from ``teacher``; returns the history and best top-1.
 
-    Checkpoints (``last.pt`` every ``cfg.checkpoint_every`` steps and at the end, ``best.pt`` by
-    validation top-1 after each epoch) are written atomically. ``resume`` continues from
-    ``last.pt`` exactly: model, optimiser, scheduler, step, RNG and data order. ``stop_after``
-    ends the run after that many steps, checkpointed, as an interruption would.
+    ``options`` are ``Distiller``'s: ``checkpoints`` (a folder), ``device``, ``dist``,
+    ``precision``, ``callback``, ``forward``. Checkpoints (``last.pt`` every
+    ``cfg.checkpoint_every`` steps and at the end, ``best.pt`` by validation top-1 after each
+    epoch) are written atomically. ``resume`` continues from ``last.pt`` exactly: model,
+    optimiser, scheduler, step, RNG and data order. ``stop_after`` ends the run after that many
+    steps, checkpointed, as an interruption would.
 
     With ``dist`` (several processes, see ``distributed``) the student trains as a
     DistributedDataParallel replica on this rank's shard of each batch; rank 0 alone evaluates
@@ -463,17 +461,12 @@ def finetune(
     in the data (the global batches do not depend on the process count), but dropout masks and
     BatchNorm batch statistics do, so it matches within a tolerance, not bitwise.
     ``precision`` is the autocast of the forward passes (default: none); the loss is computed
-    in float32. ``forward``: see ``Distiller``.
+    in float32.
     """
-    device = torch.device(device)
     teacher.eval()
     for p in teacher.parameters():
         p.requires_grad_(False)
-    run = Distiller(
-        teacher, student, train, val, cfg, checkpoints=checkpoints, device=device,
-        dist=dist or Dist(), precision=precision or MixedPrecision(device.type),
-        callback=callback, forward=forward,
-    )  # fmt: skip
+    run = Distiller(teacher, student, train, val, cfg, **options)
     if resume:
         run.resume()
     return run.run(stop_after)

@@ -163,6 +163,50 @@ def _check_explicit(name: str, factors: Sequence[int]) -> None:
         raise TNConfigError(f"{name} factors must be a non-empty list of positive integers")
 
 
+def _sizes(weight_shape: Sequence[int]) -> tuple[tuple[int, ...], int, tuple[int, ...], int]:
+    """``(shape, O, input sizes, kernel)``: (C,) and 1 for a Linear, (C, kh kw) and kh kw for a
+    conv."""
+    shape = tuple(int(s) for s in weight_shape)
+    if len(shape) == 2:
+        out_size, in_sizes, kernel = shape[0], (shape[1],), 1
+    elif len(shape) == 4:
+        out_size, kernel = shape[0], shape[2] * shape[3]
+        in_sizes = (shape[1], kernel)
+    else:
+        raise TNConfigError(
+            f"cannot tensorise a weight of shape {shape}: expected (O, I) or (O, C, kh, kw)"
+        )
+    if min(shape) < 1:
+        raise TNConfigError(f"cannot tensorise an empty weight of shape {shape}")
+    return shape, out_size, in_sizes, kernel
+
+
+def _explicit(
+    shape: tuple[int, ...],
+    out_size: int,
+    in_sizes: tuple[int, ...],
+    kernel: int,
+    factors: tuple[Sequence[int], Sequence[int]],
+) -> Tensorization:
+    """The tensorisation of explicit ``factors=(out, in)`` (checked; 1s pad the shorter)."""
+    channels = in_sizes[0]
+    out_f, in_f = list(factors[0]), list(factors[1])
+    _check_explicit("output", out_f)
+    _check_explicit("input", in_f)
+    out_pad, in_flat = math.prod(out_f), math.prod(in_f)
+    if out_pad < out_size:
+        raise TNConfigError(f"output factors {out_f} multiply to {out_pad} < {out_size} rows")
+    if in_flat % kernel or in_flat // kernel < channels:
+        need = f"a multiple of the kernel {kernel} and at least {channels * kernel}"
+        raise TNConfigError(f"input factors {in_f} multiply to {in_flat}; need {need}")
+    n = max(len(out_f), len(in_f))
+    out_f += [1] * (n - len(out_f))
+    in_f += [1] * (n - len(in_f))
+    in_padded = (in_flat // kernel, kernel) if kernel > 1 or len(shape) == 4 else (in_flat,)
+    legs = tuple(zip(out_f, in_f, strict=True))
+    return Tensorization(shape, in_sizes, out_pad, in_padded[: len(in_sizes)], legs)
+
+
 def tensorize(
     weight_shape: Sequence[int],
     *,
@@ -180,36 +224,10 @@ def tensorize(
     ``prod(out) >= O`` and, for a conv, ``in`` factoring ``C_pad * kh * kw``;
     1s pad the shorter list.
     """
-    shape = tuple(int(s) for s in weight_shape)
-    if len(shape) == 2:
-        out_size, in_sizes, kernel = shape[0], (shape[1],), 1
-    elif len(shape) == 4:
-        out_size, kernel = shape[0], shape[2] * shape[3]
-        in_sizes = (shape[1], kernel)
-    else:
-        raise TNConfigError(
-            f"cannot tensorise a weight of shape {shape}: expected (O, I) or (O, C, kh, kw)"
-        )
-    if min(shape) < 1:
-        raise TNConfigError(f"cannot tensorise an empty weight of shape {shape}")
+    shape, out_size, in_sizes, kernel = _sizes(weight_shape)
     channels = in_sizes[0]
-
     if factors is not None:
-        out_f, in_f = list(factors[0]), list(factors[1])
-        _check_explicit("output", out_f)
-        _check_explicit("input", in_f)
-        out_pad, in_flat = math.prod(out_f), math.prod(in_f)
-        if out_pad < out_size:
-            raise TNConfigError(f"output factors {out_f} multiply to {out_pad} < {out_size} rows")
-        if in_flat % kernel or in_flat // kernel < channels:
-            need = f"a multiple of the kernel {kernel} and at least {channels * kernel}"
-            raise TNConfigError(f"input factors {in_f} multiply to {in_flat}; need {need}")
-        n = max(len(out_f), len(in_f))
-        out_f += [1] * (n - len(out_f))
-        in_f += [1] * (n - len(in_f))
-        in_padded = (in_flat // kernel, kernel) if kernel > 1 or len(shape) == 4 else (in_flat,)
-        legs = tuple(zip(out_f, in_f, strict=True))
-        return Tensorization(shape, in_sizes, out_pad, in_padded[: len(in_sizes)], legs)
+        return _explicit(shape, out_size, in_sizes, kernel, factors)
 
     max_prime = DEFAULT_MAX_PRIME
     if max_leg_dim is not None:
