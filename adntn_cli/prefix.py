@@ -102,7 +102,10 @@ def _split(gm: fx.GraphModule, root: nn.Module, nodes: list[fx.Node], k: int):
 def _outputs(fn, dataset: Dataset, device: torch.device, precision: MixedPrecision, batch: int):
     """``fn`` of every item of ``dataset``, in order, on the CPU; and the labels."""
     outs, labels = [], []
-    for x, y in DataLoader(dataset, batch_size=batch, shuffle=False):
+    # A loader of its own generator: one without draws its seed from the global RNG, which
+    # would shift every later dropout mask against an uncached run.
+    loader = DataLoader(dataset, batch_size=batch, shuffle=False, generator=torch.Generator())
+    for x, y in loader:
         with precision.autocast():
             outs.append(fn(x.to(device)).cpu())
         labels.append(y)

@@ -154,6 +154,14 @@ class Distill(_Strict):
         description="autocast of the forward passes: auto = bf16 on CUDA, fp32 elsewhere",
     )
 
+    @field_validator("compile", "cache_frozen_prefix", mode="before")
+    @classmethod
+    def _yaml_switch(cls, v: Any, info: Any) -> Any:
+        """YAML 1.1 reads a bare on/off as true/false: take them as the words they were."""
+        if isinstance(v, bool):
+            return ("on" if info.field_name == "compile" else "auto") if v else "off"
+        return v
+
 
 class Data(_Strict):
     train: str | None = Field(default=None, description="digits, imagefolder:PATH, ...")
