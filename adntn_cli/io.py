@@ -68,7 +68,25 @@ def save_compressed(
         "num_classes": str(num_classes),
         "recipe": json.dumps(recipe, sort_keys=True),
     }
-    return write_bytes(path, save(tensors, metadata=metadata))
+    return write_bytes(path, canonical_safetensors(save(tensors, metadata=metadata)))
+
+
+def canonical_safetensors(blob: bytes) -> bytes:
+    """``blob`` with its header in one order: metadata keys sorted, tensors by offset.
+
+    safetensors writes the metadata from a hash map whose order changes from one process to
+    the next, so the same model would give files that differ byte for byte. The header is
+    re-written (JSON, padded with spaces to 8 bytes, as safetensors pads it); the data after it
+    is untouched, and its offsets are relative to the data, so they stay valid.
+    """
+    n = int.from_bytes(blob[:8], "little")
+    header = json.loads(blob[8 : 8 + n])
+    meta = header.pop("__metadata__", None)
+    ordered = {"__metadata__": dict(sorted(meta.items()))} if meta else {}
+    ordered.update(sorted(header.items(), key=lambda kv: (kv[1]["data_offsets"], kv[0])))
+    text = json.dumps(ordered, separators=(",", ":")).encode()
+    text += b" " * (-len(text) % 8)
+    return len(text).to_bytes(8, "little") + text + blob[8 + n :]
 
 
 def read_metadata(path: Path) -> dict[str, str]:

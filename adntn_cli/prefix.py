@@ -30,6 +30,7 @@ from .tn import format_bytes
 __all__ = ["CACHE_BUDGET", "FrozenPrefix", "PrefixCache", "cache_frozen_prefix"]
 
 CACHE_BUDGET = 4 * 2**30  # bytes of host memory the cached prefix outputs may take
+STOCHASTIC = (nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Dropout3d, nn.AlphaDropout)
 
 
 @dataclass(frozen=True)
@@ -58,7 +59,8 @@ class _Tracer(fx.Tracer):
 
 
 def _cuts(gm: fx.GraphModule, replaced: set[str]) -> tuple[list[int], list[fx.Node]]:
-    """Indices of the nodes after which the graph can be cut, before the first replaced layer."""
+    """Indices of the nodes after which the graph can be cut: before the first replaced layer
+    and the first dropout, after a layer with parameters."""
     nodes = [n for n in gm.graph.nodes if n.op not in ("placeholder", "output")]
     order = {n: k for k, n in enumerate(nodes)}
     first = next(
@@ -67,8 +69,13 @@ def _cuts(gm: fx.GraphModule, replaced: set[str]) -> tuple[list[int], list[fx.No
     )
     # the earliest node each later node reads: a cut after k is valid if nothing after k reads
     # a value from before k (or the input)
+    stochastic = next(
+        (k for k, n in enumerate(nodes) if n.op == "call_module"
+         and isinstance(gm.get_submodule(n.target), STOCHASTIC)),
+        len(nodes),
+    )  # fmt: skip
     valid = []
-    for k in range(first):
+    for k in range(min(first, stochastic)):  # a prefix runs once: no dropout in it
         reads = [
             order.get(a, -1)
             for n in nodes[k + 1 :]
@@ -146,8 +153,9 @@ def cache_frozen_prefix(
         return None, FrozenPrefix(False, f"the model cannot be traced by torch.fx ({err})")
     valid, nodes = _cuts(gm, set(replaced))
     if not valid:
-        return None, FrozenPrefix(False, "no frozen layer comes before the first replaced one")
-    stochastic = (nn.Dropout, nn.Dropout2d, nn.Dropout3d, nn.AlphaDropout)
+        return None, FrozenPrefix(
+            False, "no frozen layer comes before the first replaced one (and before any dropout)"
+        )
     sample = data.train[0][0].unsqueeze(0).to(device)
     student.eval()
     sizes = []
@@ -157,8 +165,6 @@ def cache_frozen_prefix(
             sizes.append((prefix(sample).numel(), -k))
     k = -min(sizes)[1]
     prefix, head = _split(gm, student, nodes, k)
-    if any(isinstance(m, stochastic) for m in prefix.modules()):
-        return None, FrozenPrefix(False, "the layers before the first replaced one use dropout")
     per_item = 4 * (min(sizes)[0] + data.num_classes)  # float32 output and teacher logits
     need = per_item * (len(data.train) + len(data.val))
     if need > budget:

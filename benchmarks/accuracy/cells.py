@@ -1,37 +1,36 @@
 """One cell of the accuracy study: a teacher, the layers replaced, a budget, a structure, a seed.
 
-Fully connected cells train on cached features: the teacher's convolutional part is frozen, so its
-output (the classifier's input) is computed once per image and the classifier head alone is
-distilled. This is the same computation as compressing the whole model with the convolutions
-frozen, at a fraction of the cost. The ``all`` cell (every conv and FC layer of VGG-16) distils the
-whole network on images.
+A cell is a ``CompressJob`` (the recipe a user would write for it, the teacher's state-dict file,
+the data and the seed) plus what the study varies; it runs through ``adntn_cli.job.compress``,
+the function ``adntn compress`` runs, and is measured on the model file that run wrote. So a
+cell's numbers are what a user gets (tests/test_study.py checks that a cell and ``adntn
+compress`` with the same recipe write the same file, byte for byte).
 
-Reported per cell: compressed top-1 and top-5 of the final model (not the best epoch: picking
-the best on the validation split would flatter it), top-1 agreement with the teacher, each
-replaced layer's output SQNR in dB on the validation inputs, parameters, ratios, wall time.
+Fully connected cells train the replaced layers only (``distill.train: replaced``) on the cached
+frozen prefix (``distill.cache_frozen_prefix: auto``): the convolutional part runs once per
+image, as a user's FC-only run does. The ``all`` cell (every conv and FC layer of VGG-16) trains
+every parameter on images.
+
+Reported per cell: compressed top-1 and top-5 of the model ``adntn compress`` writes (the best
+checkpoint by validation top-1, as the command restores it), top-1 agreement with the teacher,
+each replaced layer's output SQNR in dB on the validation inputs, parameters, ratios, wall time.
 """
 
 from __future__ import annotations
 
-import copy
 import math
 import tempfile
-import time
-from collections import OrderedDict
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import torch
+import yaml
 from torch import nn
 
-from adntn_cli.data import Datasets, loaders, make_datasets
-from adntn_cli.distill import finetune, layerwise_fit, recalibrate_batchnorm
+from adntn_cli.data import loaders, make_datasets
 from adntn_cli.errors import RecipeError
-from adntn_cli.evaluate import accuracy, agreement, count_params
-from adntn_cli.plan import apply_plan, plan
-from adntn_cli.recipe import parse_recipe
-from adntn_cli.recipe.schema import Finetune
-from adntn_cli.tn import TNConfigError
+from adntn_cli.io import load_compressed
+from adntn_cli.job import CompressJob, compress
 
 # Layer names per teacher; "fc" is every fully connected layer with >= 1M parameters.
 UNITS = {
@@ -76,7 +75,7 @@ class Schedule:
     temperature: float = 4.0
     kd_weight: float = 0.9
     # FC cells train the replaced layers only (generator cores, output scale, bias): the rest of
-    # the head is the teacher's, so a cell measures the replaced layers. The "all" cell trains
+    # the model is the teacher's, so a cell measures the replaced layers. The "all" cell trains
     # every parameter (all that is left besides the generators is BatchNorm and biases).
     train_replaced_only: bool = True
 
@@ -85,27 +84,6 @@ class Schedule:
 WHOLE_MODEL_SCHEDULE = Schedule(
     layerwise_steps=60, calib_batches=2, epochs=2, lr=2e-3, batch=64, train_replaced_only=False
 )
-
-
-def head_of(model: nn.Module) -> nn.Module:
-    """The classifier as a model whose layer names match the full model's (``classifier.0``)."""
-    return nn.Sequential(OrderedDict(classifier=copy.deepcopy(model.classifier)))
-
-
-@torch.no_grad()
-def features(model: nn.Module, data: Datasets, device: torch.device) -> Datasets:
-    """The classifier's inputs for every image: flatten(avgpool(features(x)))."""
-
-    def run(ds) -> torch.utils.data.TensorDataset:
-        xs, ys = [], []
-        for x, y in torch.utils.data.DataLoader(ds, batch_size=256):
-            f = model.avgpool(model.features(x.to(device)))  # (B, C, 7, 7) or (B, C, 6, 6)
-            xs.append(torch.flatten(f, 1).cpu())  # (B, C*h*w)
-            ys.append(y)
-        return torch.utils.data.TensorDataset(torch.cat(xs), torch.cat(ys))
-
-    model.eval()
-    return Datasets(run(data.train), run(data.val), data.num_classes, data.description)
 
 
 def layer_recipe(cell: Cell, names: list[str]) -> dict:
@@ -170,89 +148,80 @@ def sqnr_db(teacher: nn.Module, student: nn.Module, names: list[str], batches) -
     return {n: 10 * math.log10(sig[n] / max(err[n], 1e-300)) for n in names}
 
 
+def cell_recipe(cell: Cell, schedule: Schedule) -> dict:
+    """The recipe a user would write for ``cell``: its layers, the schedule, the data batch."""
+    names = None if cell.unit == "all" else UNITS[cell.teacher][cell.unit]
+    recipe = whole_vgg_recipe(cell) if names is None else layer_recipe(cell, names)
+    replaced_only = schedule.train_replaced_only and names is not None
+    recipe["model"] = {"arch": cell.teacher, "num_classes": 10, "input_size": cell_size(cell)}
+    recipe["distill"] = {
+        "layerwise": {"steps": schedule.layerwise_steps, "lr": schedule.layerwise_lr,
+                      "batches": schedule.calib_batches},
+        "finetune": {"epochs": schedule.epochs, "lr": schedule.lr,
+                     "temperature": schedule.temperature, "kd_weight": schedule.kd_weight},
+        "train": "replaced" if replaced_only else "all",
+    }  # fmt: skip
+    recipe["data"] = {"batch_size": schedule.batch}
+    return recipe
+
+
+SIZES = {"cpu": {"alexnet": 64, "vgg16_bn": 32}, "gpu": {"alexnet": 224, "vgg16_bn": 224}}
+GRID = {"name": "cpu"}  # which grid's input sizes cells use (study.py sets it)
+
+
+def cell_size(cell: Cell) -> int:
+    return SIZES[GRID["name"]][cell.teacher]
+
+
 def run_cell(
-    cell: Cell,
-    teacher: nn.Module,
-    data: Datasets,
-    schedule: Schedule,
-    device: torch.device,
+    cell: Cell, teacher_file: Path, schedule: Schedule, device: str, data: str = "digits"
 ) -> dict:
-    """Compress and distil ``teacher`` as ``cell`` says; returns the result row.
-
-    ``data`` holds cached features for FC cells and images for the ``all`` cell. A budget the
-    structure cannot reach gives a row with ``status: unreachable`` and the reason.
-    """
-    started = time.time()
-    whole = cell.unit == "all"
-    base = teacher if whole else head_of(teacher)
-    recipe = parse_recipe(
-        whole_vgg_recipe(cell) if whole else layer_recipe(cell, UNITS[cell.teacher][cell.unit])
-    )
+    """Compress the teacher in ``teacher_file`` as ``cell`` says, through the job ``adntn
+    compress`` runs; returns the result row. A budget the structure cannot reach gives a row
+    with ``status: unreachable`` and the reason."""
     row: dict = {"key": cell.key, **asdict(cell), "schedule": asdict(schedule)}
-    student = copy.deepcopy(base)
-    try:
-        the_plan = plan(student, recipe, batch=schedule.batch)
-    except (TNConfigError, RecipeError) as err:
-        if "cannot reach" not in str(err):
-            raise
-        return {**row, "status": "unreachable", "reason": str(err)}
-    torch.manual_seed(cell.seed)
-    apply_plan(student, the_plan, generator=torch.Generator().manual_seed(cell.seed))
-    student.to(device)
-    names = [lp.layer for lp in the_plan.layers]
-    if schedule.train_replaced_only and not whole:
-        student.requires_grad_(False)
-        for n in names:
-            student.get_submodule(n).requires_grad_(True)
-
-    train, val = loaders(data, schedule.batch, seed=cell.seed)
-    calib_loader, _ = loaders(data, schedule.batch, seed=cell.seed + 1000)
-    calib = [x.to(device) for x, _ in list(calib_loader)[: schedule.calib_batches]]
-    t_fit = time.time()
-    fit = layerwise_fit(
-        base, student, names, calib, steps=schedule.layerwise_steps, lr=schedule.layerwise_lr,
-        device=device,
-    )  # fmt: skip
-    recalibrate_batchnorm(student, calib, device)
-    t_finetune = time.time()
-    cfg = Finetune(
-        epochs=schedule.epochs, lr=schedule.lr, temperature=schedule.temperature,
-        kd_weight=schedule.kd_weight, checkpoint_every=10**9,
-    )  # fmt: skip
     with tempfile.TemporaryDirectory() as tmp:
-        finetune(base, student, train, val, cfg, checkpoints=Path(tmp), device=device)
-    t_eval = time.time()
-    acc = accuracy(student, val, device)
-    val_inputs = [x.to(device) for x, _ in val]
-    dense_total = count_params(teacher)
-    saved = the_plan.totals["replaced_dense_params"] - the_plan.totals["replaced_tn_params"]
+        recipe = Path(tmp) / "cell.yaml"
+        recipe.write_text(yaml.safe_dump(cell_recipe(cell, schedule), sort_keys=False))
+        job = CompressJob.create(
+            str(teacher_file), recipe, data=data, out=Path(tmp) / "run", device=device,
+            seed=cell.seed, argv=["study", cell.key],
+        )  # fmt: skip
+        try:
+            report = compress(job)
+        except RecipeError as err:
+            if "cannot reach" not in str(err):
+                raise
+            return {**row, "status": "unreachable", "reason": str(err)}
+        model = load_compressed(Path(report.run_dir) / "model.safetensors", device)
+        teacher = _teacher(cell, teacher_file, device)
+        _, val = loaders(make_datasets(data, cell_size(cell)), schedule.batch, seed=cell.seed)
+        names = [r.layer for r in report.layers]
+        sqnr = sqnr_db(teacher, model, names, [x.to(device) for x, _ in val])
+    acc, t = report.accuracy, report.totals
     return {
         **row,
         "status": "done",
-        "top1": acc["top1"],
-        "top5": acc["top5"],
-        "loss": acc["loss"],
-        "agreement": agreement(base, student, val, device),
-        "sqnr_db": sqnr_db(base, student, names, val_inputs),
-        "layerwise_rel_error": {n: v["final"] for n, v in fit.items()},
+        "top1": acc.compressed.top1,
+        "top5": acc.compressed.top5,
+        "loss": acc.compressed.loss,
+        "agreement": acc.agreement,
+        "sqnr_db": sqnr,
+        "layerwise_rel_error": {n: v["final"] for n, v in report.layerwise.items()},
         "layers": [
-            {
-                k: lp.record[k]
-                for k in ("layer", "legs", "bond_dim", "dense_params", "tn_params", "ratio")
-            }
-            for lp in the_plan.layers
+            {k: r[k] for k in ("layer", "legs", "bond_dim", "dense_params", "tn_params", "ratio")}
+            for r in report.layers
         ],
-        "replaced_ratio": the_plan.totals["replaced_ratio"],
-        "model_params": dense_total - saved,
-        "model_ratio": dense_total / (dense_total - saved),
-        "val_images": acc["n"],
-        "seconds": round(time.time() - started, 1),
-        "seconds_layerwise": round(t_finetune - t_fit, 1),
-        "seconds_finetune": round(t_eval - t_finetune, 1),
+        "replaced_ratio": t.replaced_ratio,
+        "model_params": t.compressed_params,
+        "model_ratio": t.ratio,
+        "frozen_prefix": report.frozen_prefix,
+        "val_images": acc.val_images,
+        "seconds": report.seconds,
     }
 
 
-def cell_data(teacher: nn.Module, unit: str, size: int, device: torch.device) -> Datasets:
-    """Digits at ``size`` for the ``all`` cell, cached classifier inputs otherwise."""
-    images = make_datasets("digits", size)
-    return images if unit == "all" else features(teacher, images, device)
+def _teacher(cell: Cell, teacher_file: Path, device: str) -> nn.Module:
+    from adntn_cli.models import load_model
+
+    return load_model(str(teacher_file), cell.teacher, 10, device=torch.device(device)).eval()

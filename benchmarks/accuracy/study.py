@@ -25,9 +25,9 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from cells import WHOLE_MODEL_SCHEDULE, Cell, Schedule, cell_data, run_cell, schedule_for
+from cells import GRID, SIZES, WHOLE_MODEL_SCHEDULE, Cell, Schedule, run_cell, schedule_for
 from tables import write_markdown, write_plot
-from teachers import teacher
+from teachers import teacher_file
 
 RESULTS = Path(__file__).parents[1] / "results"
 STRUCTURES = ["ttn", "augttn", "mera", "tt", "lowrank"]
@@ -137,24 +137,17 @@ def main(argv: list[str] | None = None) -> None:
     unreachable = {_group(r) for r in rows if r["status"] == "unreachable"}
     todo = [c for c in todo if c.group not in unreachable]
     print(f"{len(todo)} cells to run ({len(done)} already in {args.out})", flush=True)
-    cache: dict = {}
+    GRID["name"] = args.grid
+    files: dict = {}
     for cell in todo:
         if cell.group in unreachable:
             continue
-        if cell.teacher not in cache:
-            model, info = teacher(cell.teacher, SIZES_FOR[args.grid][cell.teacher], device)
-            meta["teachers"][cell.teacher] = {
-                **info,
-                "input_size": SIZES_FOR[args.grid][cell.teacher],
-            }
-            cache[cell.teacher] = (model, {})
-        model, datas = cache[cell.teacher]
-        kind = "images" if cell.unit == "all" else "features"
-        if kind not in datas:
-            datas[kind] = cell_data(model, cell.unit, SIZES_FOR[args.grid][cell.teacher], device)
+        size = SIZES[args.grid][cell.teacher]
+        if cell.teacher not in files:
+            files[cell.teacher], info = teacher_file(cell.teacher, size, device)
+            meta["teachers"][cell.teacher] = {**info, "input_size": size}
         t = time.time()
-        schedule = schedule_for(cell)
-        row = run_cell(cell, model, datas[kind], schedule, device)
+        row = run_cell(cell, files[cell.teacher], schedule_for(cell), args.device)
         row["dense_top1"] = meta["teachers"][cell.teacher]["top1"]
         rows = [r for r in load_rows(args.out) if r["key"] != row["key"]] + [row]
         save_rows(args.out, meta, rows)
@@ -169,8 +162,6 @@ def main(argv: list[str] | None = None) -> None:
                 flush=True,
             )
 
-
-SIZES_FOR = {"cpu": {"alexnet": 64, "vgg16_bn": 32}, "gpu": {"alexnet": 224, "vgg16_bn": 224}}
 
 if __name__ == "__main__":
     main()

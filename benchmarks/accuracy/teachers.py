@@ -53,3 +53,13 @@ def teacher(
     log(f"teacher {arch}@{size} seed {seed}: top-1 {acc['top1']:.4f} in {info['seconds']} s")
     torch.save({"model": model.state_dict(), **info}, path)
     return model.eval(), info
+
+
+def teacher_file(arch: str, size: int, device: torch.device, seed: int = 0, log=print):
+    """The trained teacher as a plain state-dict file (what ``adntn compress`` reads), and its
+    validation accuracy and training time."""
+    model, info = teacher(arch, size, device, seed, log)
+    path = CACHE / f"{arch}-{size}-s{seed}.state.pt"
+    if not path.exists():
+        torch.save(model.state_dict(), path)
+    return path, info
