@@ -27,18 +27,21 @@ import json
 import platform
 import statistics
 import sys
+import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 
+from adntn_cli import job as stages
 from adntn_cli.distill import kd_loss
-from adntn_cli.models import build_model
-from adntn_cli.plan import compress_
+from adntn_cli.job import CompressJob
+from adntn_cli.models import CUSTOM, build_model
 from adntn_cli.recipe import load_recipe
-from adntn_cli.runtime import resolve_precision, use_channels_last, use_weight_cache
+from adntn_cli.runtime import resolve_precision, use_weight_cache
 
 OUT = Path(__file__).parent / "results"
 MODES = ("train", "distill", "eval_cached", "eval_contract")
@@ -106,17 +109,33 @@ def held_bytes(model: torch.nn.Module) -> int:
     return sum(t.numel() * t.element_size() for t in tensors)
 
 
+def models(args: argparse.Namespace, tmp: Path) -> tuple[Any, Any, Any]:
+    """The job's teacher and student, built by the stages ``adntn compress`` runs (start,
+    load_inputs, build_student: plan, apply, device, channels-last); and the plan."""
+    model = f"torchvision:{args.arch}"
+    if args.arch in CUSTOM:  # not a torchvision name: a state-dict file, as a user has
+        model = str(tmp / "teacher.pt")
+        torch.manual_seed(0)
+        torch.save(build_model(args.arch, load_recipe(args.recipe)[0].model.num_classes)
+                   .state_dict(), model)  # fmt: skip
+    job = CompressJob.create(
+        model, args.recipe, data="synthetic:8", out=tmp / "run", device=args.device,
+        arch=args.arch, channels_last=args.channels_last,
+    )  # fmt: skip
+    run = stages.start(job)
+    stages.load_inputs(job, run)
+    stages.build_student(job, run)
+    return run.teacher, run.student, run.plan
+
+
 def measure(args: argparse.Namespace) -> list[dict]:
     device = torch.device(args.device)
     recipe, source = load_recipe(args.recipe)
     classes = recipe.model.num_classes
-    torch.manual_seed(0)
-    dense = build_model(args.arch, classes).to(device)
-    compressed = copy.deepcopy(dense)
-    report = compress_(compressed, recipe)
-    compressed.to(device)
-    teacher = copy.deepcopy(dense).eval().requires_grad_(False)
-    use_channels_last([dense, compressed, teacher], device, args.channels_last)
+    with tempfile.TemporaryDirectory() as tmp:
+        teacher, compressed, the_plan = models(args, Path(tmp))
+    teacher.requires_grad_(False)
+    dense = copy.deepcopy(teacher).requires_grad_(True)  # the dense student, trained alike
     x = torch.randn(args.batch, 3, args.size, args.size, device=device)
     y = torch.randint(0, classes, (args.batch,), device=device)
     ops = {
@@ -157,7 +176,7 @@ def measure(args: argparse.Namespace) -> list[dict]:
             "compressed_held_bytes": held_bytes(compressed),
             "dense_params": sum(p.numel() for p in dense.parameters()),
             "compressed_params": sum(p.numel() for p in compressed.parameters()),
-            "replaced_ratio": report.totals["replaced_ratio"],
+            "replaced_ratio": the_plan.totals.replaced_ratio,
             "repeats": args.repeats,
             "torch": torch.__version__,
         }
