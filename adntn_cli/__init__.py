@@ -20,6 +20,7 @@ _LAZY = {
     "GeneratedMultiheadAttention": "adntn_cli.layers",
     "from_module": "adntn_cli.layers",
     "compress": "adntn_cli.pipeline",
+    "CompressJob": "adntn_cli.job",
     "plan": "adntn_cli.plan",
     "compress_": "adntn_cli.plan",
     "load_recipe": "adntn_cli.recipe",

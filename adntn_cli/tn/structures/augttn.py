@@ -62,6 +62,7 @@ class AugTTN(TreeMixin, Structure):
         "disentangler": "full",
         "leg_dim": None,
     }
+    option_types: ClassVar[dict[str, type]] = {"leg_dim": int}
 
     def form(self, spec: StructureSpec) -> str:
         form = self.option(spec, "disentangler")

@@ -119,6 +119,7 @@ class Structure(ABC):
     name: ClassVar[str] = ""
     nonlinear: ClassVar[bool] = True
     options: ClassVar[dict[str, Any]] = {}
+    option_types: ClassVar[dict[str, type]] = {}  # for options whose default is None
 
     def max_leg_dim(self, spec: StructureSpec) -> int | None:
         """Largest physical leg the automatic factorisation may make (None: balanced legs)."""
@@ -135,6 +136,17 @@ class Structure(ABC):
     def option(self, spec: StructureSpec, key: str) -> Any:
         return spec.options.get(key, self.options[key])
 
+    def _check_option_types(self, spec: StructureSpec) -> None:
+        """Each option has its default's type (a whole number where the default is one)."""
+        for key, value in spec.options.items():
+            default = self.options[key]
+            kind = self.option_types.get(key, None if default is None else type(default))
+            if value is None or kind is None:
+                continue
+            if not isinstance(value, kind) or (isinstance(value, bool) and kind is not bool):
+                what = {int: "a whole number", str: "a name"}.get(kind, kind.__name__)
+                raise TNConfigError(f"{self.name} option {key} must be {what}, got {value!r}")
+
     def check(self, spec: StructureSpec) -> None:
         """Reject options and activations this structure does not have."""
         unknown = sorted(set(spec.options) - set(self.options))
@@ -145,6 +157,7 @@ class Structure(ABC):
         for a in [*acts, spec.output_activation]:
             if a is not None:
                 get_activation(a)
+        self._check_option_types(spec)
         for key, value in spec.options.items():  # e.g. mixing_activation, even where unused
             if key.endswith("activation") and value is not None:
                 if not isinstance(value, str):
