@@ -44,7 +44,11 @@ class _Record(Mapping):
     nullable: ClassVar[frozenset[str]] = frozenset()
 
     def to_dict(self) -> dict[str, Any]:
-        return {k: _plain(v) for k, v in self._items() if v is not None or k in self.nullable}
+        keep = self._nullable()
+        return {k: _plain(v) for k, v in self._items() if v is not None or k in keep}
+
+    def _nullable(self) -> frozenset[str]:
+        return self.nullable
 
     def _items(self) -> Iterator[tuple[str, Any]]:
         for f in dataclasses.fields(self):  # type: ignore[arg-type]
@@ -52,12 +56,13 @@ class _Record(Mapping):
 
     def __getitem__(self, key: str) -> Any:
         value = getattr(self, key, None) if key in self._names() else None
-        if value is None and key not in self.nullable:
+        if value is None and key not in self._nullable():
             raise KeyError(key)
         return _plain(value)
 
     def __iter__(self) -> Iterator[str]:
-        return iter(k for k, v in self._items() if v is not None or k in self.nullable)
+        keep = self._nullable()
+        return iter(k for k, v in self._items() if v is not None or k in keep)
 
     def __len__(self) -> int:
         return sum(1 for _ in self)
@@ -196,6 +201,10 @@ class CompressionReport(_Record):
     files: dict[str, Any] | None = None
     seconds: float | None = None
     run_dir: str | None = field(default=None, compare=False)  # where it was written; not in JSON
+
+    def _nullable(self) -> frozenset[str]:
+        """A run's report says it has no git commit; a plan's or a file's says nothing of it."""
+        return self.nullable if self.versions is not None else frozenset()
 
     def _items(self) -> Iterator[tuple[str, Any]]:
         order = (
