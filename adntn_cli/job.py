@@ -249,14 +249,15 @@ def distil(job: CompressJob, run: Run) -> None:
     """End-to-end distillation (checkpointed, resumable), on the cached frozen prefix where it
     applies; then the best checkpoint is restored."""
     d, cfg = job.recipe.distill, job.recipe.distill.finetune
+    run.history = {"history": [], "step": 0, "total": 0, "interrupted": False}
+    if cfg.epochs <= 0:
+        run.prefix = FrozenPrefix(False, "no end-to-end step (distill.finetune.epochs is 0)")
+        return
     cache, run.prefix = cache_frozen_prefix(
         run.student, run.teacher, run.datasets, run.names, train=d.train,
         mode=d.cache_frozen_prefix, device=run.device, precision=run.amp,
         batch=job.recipe.data.batch_size,
     )  # fmt: skip
-    run.history = {"history": [], "step": 0, "total": 0, "interrupted": False}
-    if cfg.epochs <= 0:
-        return
     data, forward = (cache.data, cache.head) if cache else (run.datasets, None)
     dist = run.dist
     train, val = loaders(
