@@ -106,6 +106,22 @@ def _split(gm: fx.GraphModule, root: nn.Module, nodes: list[fx.Node], k: int):
 
 
 @torch.no_grad()
+def _output_sizes(gm: fx.GraphModule, sample: torch.Tensor) -> dict[fx.Node, int]:
+    """The number of values each node of ``gm`` outputs for ``sample`` (one pass)."""
+    sizes: dict[fx.Node, int] = {}
+
+    class Recorder(fx.Interpreter):
+        def run_node(self, n: fx.Node):
+            out = super().run_node(n)
+            if isinstance(out, torch.Tensor):
+                sizes[n] = out[0].numel()  # per image
+            return out
+
+    Recorder(gm).run(sample)
+    return sizes
+
+
+@torch.no_grad()
 def _outputs(fn, dataset: Dataset, device: torch.device, precision: MixedPrecision, batch: int):
     """``fn`` of every item of ``dataset``, in order, on the CPU; and the labels."""
     outs, labels = [], []
@@ -158,11 +174,8 @@ def cache_frozen_prefix(
         )
     sample = data.train[0][0].unsqueeze(0).to(device)
     student.eval()
-    sizes = []
-    for k in valid:
-        prefix, _ = _split(gm, student, nodes, k)
-        with torch.no_grad():
-            sizes.append((prefix(sample).numel(), -k))
+    numel = _output_sizes(gm, sample)  # one forward of one image, every node's output size
+    sizes = [(numel[nodes[k]], -k) for k in valid]
     k = -min(sizes)[1]
     prefix, head = _split(gm, student, nodes, k)
     per_item = 4 * (min(sizes)[0] + data.num_classes)  # float32 output and teacher logits
