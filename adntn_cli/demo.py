@@ -7,26 +7,32 @@ on a laptop CPU; nothing is downloaded.
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import math
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
+from .atomic import write_text
 from .checkpoints import save_atomic
 from .data import loaders, make_datasets
 from .devices import resolve_device
 from .distill import Callback, Event
+from .errors import RunDirError
 from .evaluate import accuracy
 from .job import CompressJob, compress
 from .models import build_model
-from .recipe import load_recipe
+from .recipe import shipped_recipes
 from .report import CompressionReport
 from .rundir import prepare_run_dir
 
-__all__ = ["run_demo", "train_teacher"]
+__all__ = ["check_demo_dir", "run_demo", "train_teacher"]
 
 TEACHER_EPOCHS = 12
+MARKER = ".adntn-demo"  # the demo's first write into --out: it may start this folder over
+DEMO_ENTRIES = {MARKER, "teacher.pt", "compressed"}  # all that a demo writes there
 
 
 def train_teacher(
@@ -60,17 +66,67 @@ def train_teacher(
     return accuracy(model, val, device)
 
 
+def check_demo_dir(out: Path, *, force: bool) -> None:
+    """Refuse (``RunDirError``) a non-empty ``out`` that is not an earlier demo run, unless
+    ``force``; changes nothing. An earlier run holds the demo's entries alone, and its marker
+    or (from an adntn before the marker) a report of the command ``adntn demo``."""
+    if force or not out.is_dir() or not any(out.iterdir()):
+        return  # a file named by --out is refused by prepare_run_dir
+    strays = sorted(
+        p.name
+        for p in out.iterdir()
+        if p.name not in DEMO_ENTRIES and not (p.name.startswith(".") and ".tmp" in p.name)
+    )
+    if not strays and ((out / MARKER).is_file() or _demo_report(out)):
+        return
+    more = f" and {len(strays) - 1} more" if len(strays) > 1 else ""
+    what = f"holds {strays[0]}{more}, which" if strays else "is not empty and"
+    raise RunDirError(
+        f"{out} {what} is not from an earlier adntn demo: pass --force to start over "
+        f"(deletes everything in {out})"
+    )
+
+
+def _demo_report(out: Path) -> bool:
+    try:
+        report = json.loads((out / "compressed" / "report.json").read_text())
+    except (OSError, ValueError):
+        return False
+    command = report.get("command") if isinstance(report, dict) else None
+    ran_demo = isinstance(command, list) and command[:2] == ["adntn", "demo"]
+    return ran_demo and (out / "teacher.pt").is_file()
+
+
 def run_demo(
     out: Path,
     *,
     device: str = "auto",
     seed: int = 0,
+    force: bool = False,
     callback: Callback | None = None,
 ) -> CompressionReport:
-    """Train the teacher into ``out/teacher.pt`` and compress it into ``out/compressed``."""
+    """Train the teacher into ``out/teacher.pt`` and compress it into ``out/compressed``.
+
+    ``out`` is started over if it is empty, an earlier demo run, or ``force``; any other folder
+    is refused and left as it is."""
+    out = Path(out)
     dev = resolve_device(device)
-    out = prepare_run_dir(Path(out), resume=False, force=True)
-    recipe, _ = load_recipe("demo")
+    job = CompressJob.create(
+        str(out / "teacher.pt"),
+        shipped_recipes()["demo"],  # by path: no file or folder named demo here can shadow it
+        data="digits",
+        out=out / "compressed",
+        device=str(dev),
+        seed=seed,
+        force=True,  # out (checked below) is emptied first
+        arch="demo_vgg",
+        argv=["adntn", "demo", "--out", str(out)],
+    )
+    job = dataclasses.replace(job, source="demo")
+    check_demo_dir(out, force=force)
+    out = prepare_run_dir(out, resume=False, force=True)
+    write_text(out / MARKER, "written by adntn demo, which may start this folder over\n")
+    recipe = job.recipe
     torch.manual_seed(seed)
     data = make_datasets("digits", recipe.model.input_size)
     train, val = loaders(data, recipe.data.batch_size, seed=seed)
@@ -79,15 +135,4 @@ def run_demo(
     if not math.isfinite(acc["loss"]):
         raise RuntimeError("the demo teacher did not train")
     save_atomic(teacher.state_dict(), out / "teacher.pt")
-    job = CompressJob.create(
-        str(out / "teacher.pt"),
-        "demo",
-        data="digits",
-        out=out / "compressed",
-        device=str(dev),
-        seed=seed,
-        force=True,
-        arch="demo_vgg",
-        argv=["adntn", "demo", "--out", str(out)],
-    )
     return compress(job, callback)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import errno
 import functools
+import logging
 import sys
 import traceback
 from collections.abc import Callable
@@ -11,6 +12,7 @@ from typing import Annotated, Any, TypeVar
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 from .. import __version__
 from ..atomic import FULL
@@ -22,9 +24,11 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
     rich_markup_mode="rich",
+    context_settings={"help_option_names": ["--help", "-h"]},  # commands inherit it
 )
-out = Console(width=None if sys.stdout.isatty() else 160)
-err = Console(stderr=True, width=None if sys.stderr.isatty() else 160)
+# emoji=False: a ":cat:" in a path or data spec prints as typed, not as an emoji.
+out = Console(width=None if sys.stdout.isatty() else 160, emoji=False)
+err = Console(stderr=True, width=None if sys.stderr.isatty() else 160, emoji=False)
 STATE = {"debug": False}
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -64,23 +68,59 @@ def handle_errors(fn: F) -> F:
             raise typer.Exit(130) from None
         except Exception as exc:
             if type(exc).__name__ == "RunInterrupted":
-                err.print(f"[bold yellow]stopped:[/] {exc}", highlight=False, soft_wrap=True)
+                err.print(
+                    f"[bold yellow]stopped:[/] {escape(str(exc))}", highlight=False, soft_wrap=True
+                )
                 raise typer.Exit(130) from None
             if STATE["debug"]:
                 traceback.print_exc()
             if _is_user_error(exc) or _is_path_error(exc):
                 message = _path_error(exc) if isinstance(exc, OSError) else str(exc)
                 for line in message.splitlines():
-                    err.print(f"[bold red]error:[/] {line}", highlight=False, soft_wrap=True)
+                    err.print(
+                        f"[bold red]error:[/] {escape(line)}", highlight=False, soft_wrap=True
+                    )
                 raise typer.Exit(2) from None
             err.print(
-                f"[bold red]internal error:[/] {type(exc).__name__}: {exc}"
+                f"[bold red]internal error:[/] {type(exc).__name__}: {escape(str(exc))}"
                 + ("" if STATE["debug"] else " (rerun with --debug for the traceback)"),
                 highlight=False,
             )
             raise typer.Exit(1) from None
 
     return wrapper  # type: ignore[return-value]
+
+
+class _Notes(logging.Handler):
+    """Records of logger ``adntn`` (INFO and up) as ``note: ...`` lines on stderr, plain text.
+
+    ``sys.stderr`` is looked up as each record is written, so a swapped stream (pytest, Typer's
+    CliRunner) gets the line. The CLI installs it for the length of a command; a program that
+    uses adntn as a library sees these records only through its own logging set-up."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            sys.stderr.write(f"note: {record.getMessage()}\n")
+            sys.stderr.flush()
+        except Exception:  # logging's rule: a handler never raises
+            self.handleError(record)
+
+
+def _show_notes(ctx: typer.Context) -> None:
+    """Print the library's notes while this command runs (once, however often it is called)."""
+    logger = logging.getLogger("adntn")
+    if any(isinstance(h, _Notes) for h in logger.handlers):
+        return
+    handler, level = _Notes(logging.INFO), logger.level
+    logger.addHandler(handler)
+    if level == logging.NOTSET or level > logging.INFO:
+        logger.setLevel(logging.INFO)
+
+    def restore() -> None:
+        logger.removeHandler(handler)
+        logger.setLevel(level)
+
+    ctx.call_on_close(restore)
 
 
 def _version(value: bool) -> None:
@@ -91,6 +131,7 @@ def _version(value: bool) -> None:
 
 @app.callback()
 def main_callback(
+    ctx: typer.Context,
     version: Annotated[
         bool, typer.Option("--version", callback=_version, is_eager=True, help="Print the version.")
     ] = False,
@@ -102,6 +143,7 @@ def main_callback(
     --recipe vgg16[/].
     """
     STATE["debug"] = debug
+    _show_notes(ctx)
 
 
 def register_commands() -> None:

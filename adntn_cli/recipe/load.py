@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -15,6 +16,7 @@ from .schema import Recipe
 
 __all__ = ["json_schema", "load_recipe", "parse_recipe", "shipped_recipes"]
 
+log = logging.getLogger("adntn")  # the CLI prints its records as ``note: ...``
 MAX_RECIPE_BYTES = 1 * 2**20  # the shipped recipes are under 4 KiB
 MAX_NODES, MAX_DEPTH = 100_000, 32  # values in the parsed tree, and its nesting
 
@@ -119,18 +121,26 @@ def parse_recipe(data: Any, source: str = "<recipe>") -> Recipe:
 
 
 def load_recipe(path_or_name: str | Path) -> tuple[Recipe, str]:
-    """A recipe from a file, or a shipped one by name; returns it and its source label."""
-    path = Path(path_or_name)
-    if not path.exists():
+    """A recipe from a file, or a shipped one by name; returns it and its source label.
+
+    Only a file shadows a shipped recipe's name: with a folder ``demo`` in the working directory,
+    ``demo`` is still the shipped recipe (a note on logger ``adntn`` says so)."""
+    path, name = Path(path_or_name), str(path_or_name)
+    if not path.is_file():
         shipped = shipped_recipes()
-        if str(path_or_name) in shipped:
-            path = shipped[str(path_or_name)]
-        else:
-            names = ", ".join(sorted(shipped))
+        names = ", ".join(sorted(shipped))
+        if name in shipped:
+            if path.is_dir():
+                log.info("./%s is a folder; using the shipped recipe %s", name, name)
+            path = shipped[name]
+        elif path.is_dir():
             raise RecipeError(
-                f"recipe {str(path_or_name)!r} is neither a file nor a shipped recipe ({names})"
+                f"recipe {name!r} is a folder: name a recipe file in it or a shipped recipe "
+                f"({names})"
             )
-    source = str(path_or_name)
+        elif not path.exists():
+            raise RecipeError(f"recipe {name!r} is neither a file nor a shipped recipe ({names})")
+    source = name
     try:
         if path.is_file() and path.stat().st_size > MAX_RECIPE_BYTES:
             raise RecipeError(
