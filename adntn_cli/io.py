@@ -2,9 +2,9 @@
 
 Every generator core and every untouched parameter and buffer is stored under its state-dict name
 (``classifier.0.generator.cores.leaf0``, ``features.0.weight``), contiguous and unshared; no key
-holds a dense copy of a replaced weight. ``__metadata__`` (strings only) holds ``format: adntn/1``,
-the adntn version, the architecture, num_classes and the resolved recipe as JSON. Loading never
-unpickles anything.
+holds a dense copy of a replaced weight. ``__metadata__`` (strings only) says what rebuilds it:
+see fileformat.py (format ``adntn/2``: the architecture, num_classes, input size, the resolved
+recipe and every generator's resolved spec). Loading never unpickles anything.
 """
 
 from __future__ import annotations
@@ -13,16 +13,27 @@ import dataclasses
 import json
 import os
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
 
-from . import __version__
 from .atomic import temp_path, torch_bytes, write_bytes
 from .errors import ModelError, UnsafeFileError
-from .models import MAX_HEADER_BYTES, check_safetensors_header
+from .fileformat import (
+    FORMAT,
+    MAX_METADATA_BYTES,
+    Header,
+    LayerSpecs,
+    metadata,
+    read_header,
+    read_metadata,
+)
+from .models import MAX_HEADER_BYTES
 from .report import CompressionReport
+
+if TYPE_CHECKING:
+    from .plan import Plan
 
 __all__ = [
     "FORMAT",
@@ -32,15 +43,13 @@ __all__ = [
     "export_onnx",
     "file_report",
     "is_compressed",
+    "layer_specs",
     "load_any",
     "load_compressed",
+    "read_header",
     "read_metadata",
     "save_compressed",
 ]
-
-FORMAT = "adntn/1"
-FORMAT_VERSION = 1
-MAX_METADATA_BYTES = 1 * 2**20  # adntn writes a few KiB: the resolved recipe is the largest part
 
 
 def save_compressed(
@@ -61,14 +70,25 @@ def save_compressed(
         if dtype is not None and t.is_floating_point() and ".generator" in key:
             t = t.to(dtype)
         tensors[key] = t.contiguous().clone()
-    metadata = {
-        "format": FORMAT,
-        "adntn_version": __version__,
-        "arch": arch,
-        "num_classes": str(num_classes),
-        "recipe": json.dumps(recipe, sort_keys=True),
+    meta = metadata(
+        arch=arch,
+        num_classes=num_classes,
+        input_size=int(recipe.get("model", {}).get("input_size", 224)),
+        recipe=recipe,
+        layers=layer_specs(model),
+    )
+    return write_bytes(path, canonical_safetensors(save(tensors, metadata=meta)))
+
+
+def layer_specs(model: nn.Module) -> LayerSpecs:
+    """Every generated layer's generators with their frozen specs (what rebuilds them)."""
+    from .layers import GeneratedModule
+
+    return {
+        name: {g: gen.frozen_spec() for g, gen in m.generators().items()}
+        for name, m in model.named_modules()
+        if isinstance(m, GeneratedModule)
     }
-    return write_bytes(path, canonical_safetensors(save(tensors, metadata=metadata)))
 
 
 def canonical_safetensors(blob: bytes) -> bytes:
@@ -89,28 +109,6 @@ def canonical_safetensors(blob: bytes) -> bytes:
     return len(text).to_bytes(8, "little") + text + blob[8 + n :]
 
 
-def read_metadata(path: Path) -> dict[str, str]:
-    """The file's string metadata; a file safetensors cannot read is a ModelError."""
-    from safetensors import safe_open
-
-    path = Path(path)
-    if not path.exists():
-        raise ModelError(f"{path}: no such file")
-    check_safetensors_header(path)
-    try:
-        with safe_open(str(path), "pt") as f:
-            meta = dict(f.metadata() or {})
-    except Exception as err:  # safetensors raises its own error types for a damaged file
-        raise ModelError(f"{path}: not a readable safetensors file ({err})") from None
-    size = sum(len(k.encode()) + len(v.encode()) for k, v in meta.items())
-    if size > MAX_METADATA_BYTES:
-        raise UnsafeFileError(
-            f"{path}: its metadata holds {size:,} bytes, over the limit of "
-            f"{MAX_METADATA_BYTES:,} (adntn writes a few KiB); refused unread"
-        )
-    return meta
-
-
 def is_compressed(path: Path) -> bool:
     """Whether ``path`` is a safetensors file written by adntn."""
     path = Path(path)
@@ -124,27 +122,6 @@ def is_compressed(path: Path) -> bool:
         return False
 
 
-def _check_format(path: Path, meta: dict[str, str]) -> None:
-    fmt = meta.get("format", "")
-    if not fmt.startswith("adntn/"):
-        raise ModelError(
-            f"{path} was not written by adntn (no 'format: adntn/N' metadata); a plain state "
-            "dict loads as MODEL with --arch"
-        )
-    try:
-        version = int(fmt.split("/", 1)[1])
-    except ValueError:
-        raise ModelError(f"{path}: unknown format {fmt!r}") from None
-    if version > FORMAT_VERSION:
-        raise ModelError(
-            f"{path} is format {fmt}, newer than this adntn ({__version__}) reads ({FORMAT}): "
-            "upgrade adntn"
-        )
-    for key in ("arch", "num_classes", "recipe"):
-        if key not in meta:
-            raise ModelError(f"{path}: adntn metadata lacks {key!r}; the file is damaged")
-
-
 def _check_keys(path: Path, model: nn.Module, keys) -> None:
     """Strict: the file holds exactly the model's state-dict keys (listed, sorted, if not)."""
     expected = set(model.state_dict())
@@ -153,38 +130,34 @@ def _check_keys(path: Path, model: nn.Module, keys) -> None:
         raise ModelError(f"{path}: missing keys {missing}, unexpected keys {unexpected}")
 
 
-def _read_adntn(path: Path) -> tuple[dict[str, str], Any, int]:
-    """The metadata of an adntn file, checked: (metadata, embedded recipe, num_classes)."""
-    from .recipe import parse_recipe
+def _rebuild(header: Header) -> tuple[nn.Module, Plan]:
+    """The compressed architecture on the meta device and its plan: the stored specs
+    (adntn/2), or the embedded recipe planned again (adntn/1)."""
+    from .models import build_model
+    from .plan import apply_plan, plan, plan_from_specs
 
-    meta = read_metadata(path)
-    _check_format(path, meta)
-    try:
-        recipe = parse_recipe(json.loads(meta["recipe"]), f"{path} (embedded recipe)")
-        num_classes = int(meta["num_classes"])
-    except (ValueError, RecursionError) as err:  # JSONDecodeError, RecipeError: ValueErrors
-        detail = str(err).splitlines()[0][:300] if str(err) else type(err).__name__
-        raise ModelError(f"{path}: damaged adntn metadata ({detail})") from None
-    if num_classes < 1:
-        raise ModelError(f"{path}: damaged adntn metadata (num_classes {num_classes})")
-    return meta, recipe, num_classes
+    model = build_model(header.arch, header.num_classes, device="meta")
+    source = str(header.path)
+    if header.layers is None:
+        p = plan(model, header.recipe, source=source)
+    else:
+        p = plan_from_specs(
+            model, header.layers, source=source, batch=header.recipe.data.batch_size
+        )
+    return apply_plan(model, p), p
 
 
 def load_compressed(path: Path, device: str | torch.device = "cpu") -> nn.Module:
     """Rebuild the compressed model from ``path`` alone (no pickle), in eval mode.
 
-    The architecture is built on the meta device, the resolved recipe re-applied, and every
-    tensor then taken from the file; keys are checked strictly (missing and unexpected listed).
+    The architecture is built on the meta device with the file's generators (see ``_rebuild``),
+    and every tensor then taken from the file; keys are checked strictly (missing and
+    unexpected listed).
     """
     from safetensors.torch import load_file
 
-    from .models import build_model
-    from .plan import apply_plan, plan
-
     path = Path(path)
-    meta, recipe, num_classes = _read_adntn(path)
-    model = build_model(meta["arch"], num_classes, device="meta")
-    apply_plan(model, plan(model, recipe, source=str(path)))
+    model, _ = _rebuild(read_header(path))
     try:
         state = load_file(str(path), device=str(device))
     except Exception as err:
@@ -211,38 +184,50 @@ def load_any(
     allow_pickle: bool = False,
     device: str | torch.device = "cpu",
 ) -> tuple[nn.Module, dict[str, Any]]:
-    """A compressed file, a dense state dict or ``torchvision:NAME``; returns it and facts about it
-    (``kind``, ``file_bytes``, ``arch``, ``input_size`` where known)."""
-    from .models import load_model
+    """A compressed file, a dense model file or ``torchvision:NAME``; returns it and facts
+    about it (``kind``, ``file_bytes``, ``arch``, ``input_size`` where the file records it)."""
+    from .models import inspect_model, load_model
 
     path = Path(source)
     if is_compressed(path):
+        header = read_header(path)
         model = load_compressed(path, device)
-        meta, recipe, _ = _read_adntn(path)
-        info = {"kind": "compressed", "arch": meta["arch"], "input_size": recipe.model.input_size}
+        info = {"kind": "compressed", "arch": header.arch, "input_size": header.input_size}
+    elif allow_pickle:
+        model = load_model(source, arch, num_classes, allow_pickle=True, device=device)
+        info = {"kind": "dense", "arch": arch or type(model).__name__.lower(), "input_size": None}
     else:
-        model = load_model(source, arch, num_classes, allow_pickle=allow_pickle, device=device)
-        info = {"kind": "dense", "arch": arch or source.split(":", 1)[-1], "input_size": None}
+        found = inspect_model(source, arch, num_classes)
+        model = load_model(source, found.arch, found.num_classes, device=device)
+        info = {"kind": "dense", "arch": found.arch, "input_size": found.input_size}
     info["file_bytes"] = path.stat().st_size if path.exists() else None
     return model.eval(), info
 
 
 def export_dense(source: Path, out: Path) -> int:
-    """Materialise every generated weight of ``source`` into a plain state dict at ``out``
-    (.safetensors or .pt) that loads into the ordinary architecture; returns the file size."""
+    """Materialise every generated weight of ``source`` into a state dict at ``out`` that loads
+    into the ordinary architecture; returns the file size. Both forms record ``arch``,
+    ``num_classes`` and ``input_size``: .safetensors in its metadata (the tensors are the plain
+    state dict), .pt/.pth as ``{"state_dict": ..., "arch": ..., ...}`` (timm's layout)."""
     from .plan import densify_
 
     out = Path(out)
     if out.suffix not in (".safetensors", ".pt", ".pth"):
         raise ModelError(f"--dense {out}: use a .safetensors, .pt or .pth file name")
+    header = read_header(Path(source))
     model = densify_(load_compressed(source))
     state = {k: v.detach().contiguous().clone() for k, v in model.state_dict().items()}
+    facts = {
+        "arch": header.arch,
+        "num_classes": header.num_classes,
+        "input_size": header.input_size,
+    }
     if out.suffix == ".safetensors":
         from safetensors.torch import save
 
-        meta = read_metadata(source)
-        return write_bytes(out, save(state, metadata={"arch": meta["arch"], "from": str(source)}))
-    return write_bytes(out, torch_bytes(state))
+        meta = {**{k: str(v) for k, v in facts.items()}, "from": str(source)}
+        return write_bytes(out, save(state, metadata=meta))
+    return write_bytes(out, torch_bytes({"state_dict": state, **facts}))
 
 
 def export_onnx(source: Path, out: Path, input_size: int | None = None) -> int:
@@ -253,8 +238,8 @@ def export_onnx(source: Path, out: Path, input_size: int | None = None) -> int:
         import onnx  # noqa: F401
     except ImportError:
         raise ModelError("--onnx needs the onnx package (pip install onnx)") from None
-    meta, recipe, _ = _read_adntn(Path(source))
-    size = input_size or recipe.model.input_size
+    header = read_header(Path(source))
+    size = input_size or header.input_size
     model = densify_(load_compressed(source))
     dummy = torch.randn(1, 3, size, size)
     out = Path(out)
@@ -266,7 +251,7 @@ def export_onnx(source: Path, out: Path, input_size: int | None = None) -> int:
         os.replace(tmp, out)
     except Exception as err:  # exporters fail in many ways; say which
         tmp.unlink(missing_ok=True)
-        raise ModelError(f"ONNX export of {meta['arch']} failed: {err}") from None
+        raise ModelError(f"ONNX export of {header.arch} failed: {err}") from None
     return out.stat().st_size
 
 
@@ -274,19 +259,15 @@ def file_report(path: Path) -> CompressionReport:
     """What a compressed file holds, from the file alone: per-layer records and totals."""
     from safetensors import safe_open
 
-    from .models import build_model
-    from .plan import apply_plan, plan
-
     path = Path(path)
-    meta, recipe, num_classes = _read_adntn(path)
-    model = build_model(meta["arch"], num_classes, device="meta")
-    p = plan(model, recipe, source=str(path))
+    header = read_header(path)
+    model, p = _rebuild(header)
     with safe_open(str(path), "pt") as f:
-        _check_keys(path, apply_plan(model, p), list(f.keys()))
+        _check_keys(path, model, list(f.keys()))
     return dataclasses.replace(
         p.report,
         model=str(path),
-        arch=meta["arch"],
-        adntn_version=meta.get("adntn_version"),
+        arch=header.arch,
+        adntn_version=header.adntn_version,
         files={"model": str(path), "model_bytes": path.stat().st_size},
     )

@@ -43,7 +43,7 @@ from .errors import AdntnError, DataError
 from .evaluate import accuracy, agreement
 from .io import save_compressed
 from .models import load_model
-from .plan import Plan, apply_plan, plan
+from .plan import Plan, apply_plan, model_source, plan
 from .prefix import FrozenPrefix, cache_frozen_prefix
 from .recipe import Recipe, load_recipe
 from .report import Accuracy, CompressionReport, Scores, metrics_csv, to_markdown
@@ -153,6 +153,7 @@ class Run:
     started: float = field(default_factory=time.time)
     teacher: nn.Module | None = None
     arch: str = ""
+    num_classes: int = 0
     plan: Plan | None = None
     datasets: Datasets | None = None
     student: nn.Module | None = None
@@ -193,20 +194,32 @@ def load_inputs(job: CompressJob, run: Run) -> None:
     """The teacher, the plan (pure) and the data: every input is checked; then the run
     directory is made (emptied with ``--force``)."""
     torch.manual_seed(job.seed)
-    from_file = not job.model.startswith("torchvision:")
-    arch = job.arch or job.recipe.model.arch
-    run.teacher = load_model(
-        job.model, arch, None if from_file else job.recipe.model.num_classes,
-        allow_pickle=job.allow_pickle, device=run.device,
-    ).eval()  # fmt: skip
-    run.arch = arch or job.model.split(":", 1)[-1]
+    if job.allow_pickle and not job.model.startswith("torchvision:"):
+        run.teacher, run.arch, run.num_classes = _unpickled_teacher(job, run.device)
+    else:
+        found = model_source(job.model, job.recipe, arch=job.arch)
+        run.arch, run.num_classes = found.arch, found.num_classes
+        run.teacher = load_model(job.model, found.arch, found.num_classes, device=run.device)
+    run.teacher.eval()
     run.plan = plan(run.teacher, job.recipe, source=job.source, batch=job.recipe.data.batch_size)
-    run.datasets = make_datasets(
-        job.data, job.recipe.model.input_size, job.recipe.model.num_classes
-    )
+    run.datasets = make_datasets(job.data, job.recipe.model.input_size, run.num_classes)
     if run.dist.main:
         prepare_run_dir(run.out, resume=job.resume, force=job.force)
     distributed.barrier(run.dist)
+
+
+def _unpickled_teacher(job: CompressJob, device: torch.device) -> tuple[nn.Module, str, int]:
+    """``--allow-pickle``: the model as unpickled; its architecture from ``--arch``, the recipe
+    or its class, its classes from its classifier where the architecture is known."""
+    from .fit import classes_in
+    from .models import known_archs
+
+    arch = job.arch or job.recipe.model.arch
+    teacher = load_model(job.model, arch, allow_pickle=True, device=device)
+    arch = arch or type(teacher).__name__.lower()
+    shapes = {k: tuple(v.shape) for k, v in teacher.state_dict().items()}
+    found = classes_in(shapes, arch) if arch in known_archs() else None
+    return teacher, arch, found or job.recipe.model.num_classes
 
 
 def build_student(job: CompressJob, run: Run) -> None:
@@ -293,7 +306,7 @@ def write(job: CompressJob, run: Run, acc: Accuracy) -> CompressionReport:
     resolved = resolved_recipe(job.recipe, run.plan)
     model_path = run.out / "model.safetensors"
     size = save_compressed(
-        run.student, model_path, arch=run.arch, num_classes=job.recipe.model.num_classes,
+        run.student, model_path, arch=run.arch, num_classes=run.num_classes,
         recipe=resolved, dtype=CORES_DTYPES[job.cores_dtype],
     )  # fmt: skip
     report = CompressionReport(

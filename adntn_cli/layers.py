@@ -9,6 +9,7 @@ with gradients off the generated weight is cached until a core changes (an optim
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 import torch
@@ -306,7 +307,7 @@ class GeneratedMultiheadAttention(GeneratedModule):
     def __init__(
         self,
         mha: nn.MultiheadAttention,
-        spec: StructureSpec,
+        spec: StructureSpec | Mapping[str, StructureSpec],
         projections: tuple[str, ...] = PROJECTIONS,
         **gen_kwargs: Any,
     ) -> None:
@@ -330,15 +331,23 @@ class GeneratedMultiheadAttention(GeneratedModule):
         for name, w in dense.items():
             if name in self.projections:
                 kw = {"target_std": _target_std(w), **gen_kwargs}
-                gen = TNGenerator(spec, tuple(w.shape), device=w.device, dtype=w.dtype, **kw)
+                s = spec[name] if isinstance(spec, Mapping) else spec
+                gen = TNGenerator(s, tuple(w.shape), device=w.device, dtype=w.dtype, **kw)
                 setattr(self, name, gen)
             else:
                 setattr(self, f"{name}_weight", _copy_param(w))
 
     @classmethod
     def from_module(
-        cls, mha: nn.MultiheadAttention, spec: StructureSpec, **gen_kwargs: Any
+        cls,
+        mha: nn.MultiheadAttention,
+        spec: StructureSpec | Mapping[str, StructureSpec],
+        **gen_kwargs: Any,
     ) -> GeneratedMultiheadAttention:
+        """A spec for both projections, or one per projection (``{"in_proj": ...}``): those
+        named are generated."""
+        if isinstance(spec, Mapping):
+            gen_kwargs.setdefault("projections", tuple(spec))
         return cls(mha, spec, **gen_kwargs)
 
     def _proj(self, name: str) -> torch.Tensor:
@@ -426,10 +435,18 @@ _LAYERS: dict[type[nn.Module], type[GeneratedModule]] = {
 }
 
 
-def from_module(module: nn.Module, spec: StructureSpec, **gen_kwargs: Any) -> GeneratedModule:
-    """The generated replacement of ``module`` (exact class: Linear, Conv2d, MultiheadAttention)."""
+def from_module(
+    module: nn.Module, spec: StructureSpec | Mapping[str, StructureSpec], **gen_kwargs: Any
+) -> GeneratedModule:
+    """The generated replacement of ``module`` (exact class: Linear, Conv2d, MultiheadAttention).
+
+    ``spec`` is one spec, or one per generator as ``generators()`` names them (``generator``;
+    ``in_proj`` and ``out_proj`` of an attention layer), as a compressed file stores them.
+    """
     cls = _LAYERS.get(type(module))
     if cls is None:
         valid = ", ".join(c.__name__ for c in _LAYERS)
         raise TNConfigError(f"cannot compress a {type(module).__name__}; supported: {valid}")
+    if isinstance(spec, Mapping) and cls is not GeneratedMultiheadAttention:
+        spec = spec["generator"]
     return cls.from_module(module, spec, **gen_kwargs)

@@ -6,23 +6,29 @@ needed (plans) models are built on the meta device, so even VGG-16 costs no memo
 
 from __future__ import annotations
 
+import contextlib
 import difflib
-import re
-from collections.abc import Callable
+import functools
+import logging
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from torch import nn
 
 from .errors import ModelError
+from .modelfile import ModelFile, read_model_file, state_of
 
 __all__ = [
     "COMPRESSIBLE",
     "MAX_HEADER_BYTES",
+    "ModelSource",
     "build_model",
     "check_readable",
     "check_safetensors_header",
     "compressible_layers",
+    "inspect_model",
     "known_archs",
     "load_model",
     "set_submodule",
@@ -30,6 +36,7 @@ __all__ = [
 
 COMPRESSIBLE = (nn.Linear, nn.Conv2d, nn.MultiheadAttention)
 MAX_HEADER_BYTES = 64 * 2**20  # a safetensors JSON header this large is not a model
+log = logging.getLogger("adntn")
 
 
 def unreadable(path: Path, err: OSError, what: str = "file") -> ModelError:
@@ -94,6 +101,7 @@ def demo_vgg(num_classes: int = 10) -> nn.Module:
 CUSTOM: dict[str, Callable[..., nn.Module]] = {"demo_vgg": demo_vgg}
 
 
+@functools.cache
 def known_archs() -> list[str]:
     import torchvision
 
@@ -108,61 +116,121 @@ def build_model(
 
     if not isinstance(num_classes, int) or num_classes < 1:
         raise ModelError(f"num_classes {num_classes!r}: the classifier needs at least 1 class")
-    with torch.device(device):
-        if arch in CUSTOM:
+    if arch in CUSTOM:
+        with torch.device(device):
             return CUSTOM[arch](num_classes=num_classes)
-        try:
-            return torchvision.models.get_model(arch, weights=None, num_classes=num_classes)
-        except ValueError:
-            close = difflib.get_close_matches(arch, known_archs(), n=5)
-            hint = f"; closest: {', '.join(close)}" if close else ""
-            raise ModelError(f"unknown architecture {arch!r}{hint}") from None
-
-
-def _state_dict(path: Path) -> dict[str, torch.Tensor]:
-    if path.suffix == ".safetensors":
-        check_safetensors_header(path)
-        from safetensors import SafetensorError
-        from safetensors.torch import load_file
-
-        try:
-            return load_file(str(path))
-        except (SafetensorError, OSError) as err:
-            raise ModelError(f"{path}: not a readable safetensors file ({err})") from None
+    if arch not in torchvision.models.list_models(module=torchvision.models):
+        close = difflib.get_close_matches(arch, known_archs(), n=5)
+        hint = f"; closest: {', '.join(close)}" if close else ""
+        raise ModelError(f"unknown architecture {arch!r}{hint}")
     try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except OSError as err:
-        raise unreadable(path, err) from None
-    except Exception as err:  # torch raises many types for a bad or pickled file
-        raise _load_error(path, err) from None
-    for key in ("state_dict", "model", "model_state_dict"):
-        if isinstance(obj, dict) and isinstance(obj.get(key), dict):
-            obj = obj[key]
-    if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
-        raise ModelError(f"{path}: expected a state dict of tensors")
-    return obj
+        with torch.device(device):
+            return torchvision.models.get_model(arch, weights=None, num_classes=num_classes)
+    except NotImplementedError:  # regnet computes its widths with tensors: none on meta
+        if torch.device(device).type != "meta":
+            raise
+    with _parameters_on_meta():
+        return torchvision.models.get_model(arch, weights=None, num_classes=num_classes)
 
 
-def _load_error(path: Path, err: Exception) -> ModelError:
-    """Why ``torch.load(path, weights_only=True)`` failed, in one line with the way out."""
-    import zipfile
+@contextlib.contextmanager
+def _parameters_on_meta() -> Iterator[None]:
+    """Every parameter and buffer a module registers is moved to the meta device at once
+    (initialisation then writes nothing): a model built on the CPU that holds no memory."""
+    from torch.nn.modules import module
 
-    text = " ".join(str(err).split())
-    pickled = re.search(r"Unsupported global: GLOBAL ([\w.]+)", text)
-    if pickled:
-        return ModelError(
-            f"{path} pickles {pickled.group(1)}, not only tensors (a whole model?): "
-            "--allow-pickle loads it (pickle runs code: only for files you trust)"
+    def parameter(_m: nn.Module, _name: str, p: nn.Parameter | None) -> nn.Parameter | None:
+        return None if p is None else nn.Parameter(p.to("meta"), p.requires_grad)
+
+    def buffer(_m: nn.Module, _name: str, b: torch.Tensor | None) -> torch.Tensor | None:
+        return None if b is None else b.to("meta")
+
+    hooks = [
+        module.register_module_parameter_registration_hook(parameter),
+        module.register_module_buffer_registration_hook(buffer),
+    ]
+    try:
+        yield
+    finally:
+        for hook in hooks:
+            hook.remove()
+
+
+@dataclass(frozen=True)
+class ModelSource:
+    """What a MODEL argument names, decided from keys and shapes alone (no weights read):
+    the architecture, the classifier size, and the file (None for ``torchvision:NAME``)."""
+
+    spec: str
+    arch: str
+    num_classes: int
+    file: ModelFile | None = None
+
+    @property
+    def input_size(self) -> int | None:
+        return self.file.input_size if self.file else None
+
+
+def inspect_model(
+    source: str,
+    arch: str | None = None,
+    num_classes: int | None = None,
+    *,
+    recipe_arch: str | None = None,
+    classes_said_by: str = "--num-classes",
+) -> ModelSource:
+    """Check ``source`` (``torchvision:NAME`` or a model file) as ``load_model`` would, without
+    reading weights. The architecture is ``arch``, else ``recipe_arch``, else what the file
+    records; ``num_classes`` (said by ``classes_said_by``) must match the file's classifier,
+    which it defaults to. A mismatch names its likely cause (see fit.py)."""
+    from .fit import check_fit, classes_in
+
+    if source.startswith("torchvision:"):
+        name = source.split(":", 1)[1]
+        build_model(name, 1, device="meta")  # an unknown name fails here, with the closest
+        return ModelSource(source, name, 1000 if num_classes is None else num_classes)
+    path = _existing(source)
+    file = read_model_file(path, lazy=True)
+    if file.adntn_format is not None:
+        raise ModelError(
+            f"{path} is already compressed (format {file.adntn_format}): eval, report or export "
+            "it; compress, plan and layers start from a dense model"
         )
-    if "central directory" in text or "zip archive" in text:
-        return ModelError(f"{path}: the file is truncated or corrupted (its zip archive is broken)")
-    if not zipfile.is_zipfile(path):
-        return ModelError(
-            f"{path} is not a state dict written by torch.save (nor a .safetensors file); a "
-            "pickled whole model needs --allow-pickle (pickle runs code: only for trusted files)"
+    name = arch or recipe_arch or _recorded_arch(file)
+    shapes = file.shapes
+    if name is None:
+        raise ModelError(
+            f"{path} holds weights only: name the architecture with --arch{_hint(shapes)}"
         )
-    first = text[:200] or type(err).__name__
-    return ModelError(f"{path}: cannot load a state dict ({first})")
+    found = classes_in(shapes, name) if name in known_archs() else None
+    classes = num_classes if num_classes is not None else found or file.num_classes or 1000
+    check_fit(shapes, name, classes, where=str(path), classes_said_by=classes_said_by)
+    return ModelSource(source, name, classes, file)
+
+
+def _existing(source: str) -> Path:
+    path = Path(source)
+    if not path.exists():
+        hint = f"; did you mean torchvision:{source}?" if source in known_archs() else ""
+        raise ModelError(f"model {source!r} is neither a file nor torchvision:NAME{hint}")
+    check_readable(path)
+    return path
+
+
+def _recorded_arch(file: ModelFile) -> str | None:
+    """The architecture the file records, if adntn can build it (timm's ``arch`` may be a
+    model torchvision does not have)."""
+    if file.arch is None or file.arch in known_archs():
+        return file.arch
+    log.info("%s records arch %r, which adntn cannot build; ignored", file.path, file.arch)
+    return None
+
+
+def _hint(shapes: dict[str, tuple[int, ...]]) -> str:
+    from .fit import likely_archs
+
+    guesses = likely_archs(shapes)
+    return f" (the keys look like {', '.join(guesses)})" if guesses else ""
 
 
 def load_model(
@@ -172,59 +240,54 @@ def load_model(
     *,
     allow_pickle: bool = False,
     device: str | torch.device = "cpu",
+    **inspect: str | None,
 ) -> nn.Module:
-    """A model from ``torchvision:NAME`` (random weights) or a .pt/.pth/.safetensors state dict.
+    """A model from ``torchvision:NAME`` (random weights) or a model file (see modelfile.py):
+    checked by ``inspect_model`` (``inspect`` takes its keywords), then loaded. A pickled whole
+    model is loaded only with ``allow_pickle`` (pickle runs code)."""
+    if allow_pickle and not source.startswith("torchvision:"):
+        return _unpickle(_existing(source), arch, device)
+    found = inspect_model(source, arch, num_classes, **inspect)
+    return _build(found, read_model_file(found.file.path).state if found.file else None, device)
 
-    A state dict needs ``arch``; ``num_classes`` defaults to the classifier size in the file. A
-    pickled whole model is loaded only with ``allow_pickle`` (pickle runs code).
-    """
-    if source.startswith("torchvision:"):
-        return build_model(
-            source.split(":", 1)[1], 1000 if num_classes is None else num_classes, device
-        )
-    path = Path(source)
-    if not path.exists():
-        raise ModelError(f"model {source!r} is neither a file nor torchvision:NAME")
-    check_readable(path)
-    if allow_pickle:
-        try:
-            model = torch.load(path, map_location=device, weights_only=False)
-        except Exception as err:  # unpickling fails in many ways; say which
-            first = " ".join(str(err).split())[:200] or type(err).__name__
-            raise ModelError(f"{path}: cannot unpickle a model ({first})") from None
-        if not isinstance(model, nn.Module):
-            raise ModelError(f"{path}: --allow-pickle expects a pickled nn.Module")
-        return model
-    state = _state_dict(path)
-    if arch is None:
-        raise ModelError(f"{path} holds weights only: name the architecture (--arch or model.arch)")
-    if num_classes is None:
-        num_classes = _classes_in(state)
-    model = build_model(arch, num_classes, device="meta")
-    missing, unexpected = _key_diff(model, state)
-    if missing or unexpected:
-        raise ModelError(
-            f"{path} does not fit {arch}: missing keys {sorted(missing)[:8]}, unexpected keys "
-            f"{sorted(unexpected)[:8]}"
-        )
-    try:
-        model.load_state_dict(state, assign=True, strict=True)
-    except RuntimeError as err:
-        raise ModelError(
-            f"{path} does not fit {arch}: {str(err).splitlines()[-1].strip()}"
-        ) from None
+
+def _build(
+    found: ModelSource, state: dict[str, torch.Tensor] | None, device: str | torch.device
+) -> nn.Module:
+    if state is None:
+        return build_model(found.arch, found.num_classes, device)
+    model = build_model(found.arch, found.num_classes, device="meta")
+    model.load_state_dict(state, assign=True, strict=True)
     return model.to(device)
 
 
-def _key_diff(model: nn.Module, state: dict[str, torch.Tensor]) -> tuple[set[str], set[str]]:
-    keys = set(model.state_dict())
-    return keys - set(state), set(state) - keys
+def _unpickle(path: Path, arch: str | None, device: str | torch.device) -> nn.Module:
+    """``--allow-pickle``: a whole pickled model, or a checkpoint with any globals."""
+    try:
+        obj = torch.load(path, map_location=device, weights_only=False)
+    except Exception as err:  # unpickling fails in many ways; say which
+        first = " ".join(str(err).split())[:200] or type(err).__name__
+        raise ModelError(f"{path}: cannot unpickle a model ({first})") from None
+    if isinstance(obj, nn.Module):
+        return obj
+    try:
+        state = state_of(obj, path)
+    except ModelError:
+        raise ModelError(
+            f"{path}: --allow-pickle expects a pickled nn.Module or a checkpoint holding a "
+            "state dict"
+        ) from None
+    record = obj if isinstance(obj, dict) else {}
+    name = arch or (record.get("arch") if isinstance(record.get("arch"), str) else None)
+    if name is None:
+        raise ModelError(f"{path} holds weights only: name the architecture with --arch")
+    from .fit import check_fit, classes_in
 
-
-def _classes_in(state: dict[str, torch.Tensor]) -> int:
-    """The row count of the last 2-D weight: the classifier's output size."""
-    weights = [v for k, v in state.items() if k.endswith("weight") and v.dim() == 2]
-    return int(weights[-1].shape[0]) if weights else 1000
+    shapes = {k: tuple(v.shape) for k, v in state.items()}
+    classes = classes_in(shapes, name) or 1000
+    check_fit(shapes, name, classes, where=str(path))
+    found = ModelSource(str(path), name, classes)
+    return _build(found, state, device)
 
 
 def compressible_layers(model: nn.Module) -> list[tuple[str, nn.Module]]:

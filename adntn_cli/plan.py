@@ -7,6 +7,7 @@ swaps them in only when every one of them was built, so a bad layer leaves the m
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -15,14 +16,24 @@ from torch import nn
 
 from .errors import RecipeError
 from .layers import GeneratedModule, from_module
-from .models import compressible_layers, set_submodule
+from .models import ModelSource, compressible_layers, inspect_model, set_submodule
 from .recipe import Candidate, Recipe, select_layers
 from .recipe.schema import StructureFields
 from .report import CompressionReport, LayerRecord, Totals
 from .tn import StructureSpec, TNConfigError
 from .tn.search import bond_dim_for_ratio
 
-__all__ = ["LayerPlan", "Plan", "apply_plan", "compress_", "densify_", "plan"]
+__all__ = [
+    "LayerPlan",
+    "Plan",
+    "apply_plan",
+    "compress_",
+    "densify_",
+    "model_source",
+    "plan",
+    "plan_from_specs",
+    "spec_of",
+]
 
 BASELINES = ("tt", "lowrank")
 SPEC_FIELDS = ("structure", "bond_dim", "activation", "output_activation", "n_legs", "options")
@@ -34,7 +45,7 @@ class LayerPlan:
 
     layer: str
     kind: str
-    spec: StructureSpec
+    spec: StructureSpec | dict[str, StructureSpec]  # one per generator when read from a file
     record: LayerRecord
 
 
@@ -86,6 +97,22 @@ def _spec(fields: dict[str, Any]) -> tuple[StructureSpec, float | None]:
     if "bond_dim" not in fields and "target_ratio" not in fields:
         kwargs["bond_dim"] = 8
     return StructureSpec(**kwargs), fields.get("target_ratio")
+
+
+def model_source(
+    model: str, recipe: Recipe, *, arch: str | None = None, num_classes: int | None = None
+) -> ModelSource:
+    """MODEL checked against the recipe, as ``plan`` and ``compress`` both see it: the
+    architecture from ``arch`` or the recipe, the classes from ``num_classes``, else the
+    recipe where it sets them (or for ``torchvision:NAME``), else the file's classifier."""
+    said_by = "--num-classes"
+    if num_classes is None and (
+        "num_classes" in recipe.model.model_fields_set or model.startswith("torchvision:")
+    ):
+        num_classes, said_by = recipe.model.num_classes, "the recipe (model.num_classes)"
+    return inspect_model(
+        model, arch, num_classes, recipe_arch=recipe.model.arch, classes_said_by=said_by
+    )
 
 
 def _weights(module: nn.Module) -> list[torch.Tensor]:
@@ -146,11 +173,61 @@ def plan(
             shape = tuple(_weights(module)[0].shape)
             if target is not None:
                 spec = bond_dim_for_ratio(spec, shape, target, memory_budget=memory_budget)
-            new = from_module(_meta_twin(module), spec, memory_budget=memory_budget)
         except TNConfigError as err:
             raise RecipeError(f"{where}: {err}") from None
-        out.append(LayerPlan(name, type(module).__name__, spec, _record(name, module, new, batch)))
+        out.append(_layer_plan(name, module, spec, batch, memory_budget, where))
     return Plan(out, _totals(model, out), memory_budget, source)
+
+
+def plan_from_specs(
+    model: nn.Module,
+    specs: Mapping[str, Mapping[str, StructureSpec]],
+    *,
+    source: str,
+    memory_budget: int | None = None,
+    batch: int | None = None,
+) -> Plan:
+    """The plan of generators given exactly (a compressed file's ``layers``): no selector, no
+    bond-dimension search, no factorisation heuristic."""
+    out = []
+    for name, gens in specs.items():
+        try:
+            module = model.get_submodule(name)
+        except AttributeError:
+            raise RecipeError(f"{source}: layer {name!r} is not in the architecture") from None
+        out.append(_layer_plan(name, module, dict(gens), batch, memory_budget, f"{source}: {name}"))
+    return Plan(out, _totals(model, out), memory_budget, source)
+
+
+def _layer_plan(
+    name: str,
+    module: nn.Module,
+    spec: StructureSpec | dict[str, StructureSpec],
+    batch: int | None,
+    memory_budget: int | None,
+    where: str,
+) -> LayerPlan:
+    try:
+        new = from_module(_meta_twin(module), spec, memory_budget=memory_budget)
+    except (TNConfigError, KeyError) as err:
+        raise RecipeError(f"{where}: {err}") from None
+    return LayerPlan(name, type(module).__name__, spec, _record(name, module, new, batch))
+
+
+def spec_of(entry: Mapping[str, Any], where: str) -> StructureSpec:
+    """A spec from a recipe layer entry without ``select`` (validated by the recipe schema)."""
+    from pydantic import ValidationError
+
+    try:
+        fields = StructureFields.model_validate(dict(entry)).model_dump(exclude_none=True)
+    except ValidationError as err:
+        first = err.errors()[0]
+        loc = ".".join(map(str, first["loc"]))
+        raise RecipeError(f"{where}: {loc}: {first['msg']}") from None
+    if "target_ratio" in fields:
+        raise RecipeError(f"{where}: a stored spec has a bond_dim, not a target_ratio")
+    fields.setdefault("structure", "ttn")
+    return _spec(fields)[0]
 
 
 def _meta_twin(module: nn.Module) -> nn.Module:

@@ -10,7 +10,7 @@ from typing import Any
 from .plan import Plan
 from .recipe import Recipe
 
-__all__ = ["relative_to_recipe", "resolved_recipe"]
+__all__ = ["layer_entry", "relative_to_recipe", "resolved_recipe"]
 
 
 def relative_to_recipe(spec: str, recipe_file: Path) -> str:
@@ -21,7 +21,8 @@ def relative_to_recipe(spec: str, recipe_file: Path) -> str:
     return spec
 
 
-def _layer_entry(layer: str, s: Any) -> dict[str, Any]:
+def layer_entry(layer: str, s: Any) -> dict[str, Any]:
+    """A recipe layer rule selecting exactly ``layer`` with spec ``s``."""
     entry: dict[str, Any] = {"select": layer, "structure": s.structure}
     entry["bond_dim"] = list(s.bond_dim) if isinstance(s.bond_dim, tuple) else s.bond_dim
     if s.activation is not None:
@@ -41,6 +42,6 @@ def _layer_entry(layer: str, s: Any) -> dict[str, Any]:
 def resolved_recipe(recipe: Recipe, p: Plan) -> dict[str, Any]:
     """The recipe with every selector resolved to exact layers and every bond dimension fixed."""
     data = recipe.model_dump(by_alias=True, exclude_none=True)
-    data["layers"] = [_layer_entry(lp.layer, lp.spec) for lp in p.layers]
+    data["layers"] = [layer_entry(lp.layer, lp.spec) for lp in p.layers]
     data.pop("defaults", None)
     return data

@@ -104,4 +104,4 @@ def compress(
     if json_:
         typer.echo(json.dumps({**report.to_dict(), "run_dir": report.run_dir}, indent=1))
     else:
-        out.print(summary(report), highlight=False)
+        out.print(summary(report), markup=False, highlight=False)

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
 import typer
+from rich.markup import escape
 from rich.table import Table
 
 from .app import app, handle_errors, out
@@ -16,24 +18,26 @@ if TYPE_CHECKING:
     from ..report import EvalResult
 
 Source = Annotated[
-    str, typer.Argument(help="A compressed .safetensors, a state dict, or torchvision:NAME")
+    str,
+    typer.Argument(
+        help="A compressed .safetensors (or its run folder), a model file, or torchvision:NAME"
+    ),
 ]
 
 
 def measure(source: str, data: str, *, arch, num_classes, input_size, batch, device) -> EvalResult:
-    import torch
 
     from ..data import loaders, make_datasets
     from ..devices import resolve_device
     from ..evaluate import accuracy, count_params, latency, runtime_bytes
     from ..io import load_any
     from ..report import EvalResult
+    from .resolve import compressed_file
 
     dev = resolve_device(device)
-    model, info = load_any(source, arch, num_classes, device=dev)
+    model, info = load_any(str(compressed_file(Path(source))), arch, num_classes, device=dev)
     size = input_size or info["input_size"] or 224
-    with torch.no_grad():  # one probe forward: the classifier's size
-        classes = model(torch.zeros(1, 3, size, size, device=dev)).shape[-1]
+    classes = _probe(model, source, size, dev, given=input_size is not None)
     _, val = loaders(make_datasets(data, size, classes), batch)
     acc = accuracy(model, val, dev)
     return EvalResult(
@@ -52,6 +56,24 @@ def measure(source: str, data: str, *, arch, num_classes, input_size, batch, dev
         device=str(dev),
         input_size=size,
     )
+
+
+def _probe(model, source: str, size: int, device, *, given: bool) -> int:
+    """One forward pass at ``size``: the classifier's size, or why the model refuses it."""
+    import torch
+
+    from ..errors import ModelError
+
+    try:
+        with torch.no_grad():
+            return model(torch.zeros(1, 3, size, size, device=device)).shape[-1]
+    except RuntimeError as err:
+        why = " ".join(str(err).split())[:160]
+        said = "--input-size" if given else "the default size (the file records none)"
+        raise ModelError(
+            f"{source} does not take {size}x{size} images, {said} ({why}): pass --input-size N, "
+            "the size it was trained at"
+        ) from None
 
 
 def _fmt_bytes(n) -> str:
@@ -86,8 +108,7 @@ def eval_(
     beside it.
 
     Examples:
-      adntn eval runs/demo/compressed/model.safetensors --data digits \
-        --baseline runs/demo/teacher.pt --arch demo_vgg
+      adntn eval runs/demo/compressed --data digits --baseline runs/demo/teacher.pt
       adntn eval model.safetensors --data imagefolder:/data/imagenet --json
     """
     kw = {"arch": arch, "num_classes": num_classes, "input_size": input_size, "batch": batch,
@@ -100,7 +121,7 @@ def eval_(
         typer.echo(json.dumps(result.to_dict(), indent=1))
         return
     rows = [result, result.baseline] if baseline else [result]
-    table = Table(title=f"eval on {data} ({result.val_images} validation images)")
+    table = Table(title=escape(f"eval on {data} ({result.val_images} validation images)"))
     for col in ("", "top-1", "top-5", "loss", "file", "params", "runtime memory",
                 "contract memory", "latency b=1", "latency b=64"):  # fmt: skip
         table.add_column(col, justify="right")

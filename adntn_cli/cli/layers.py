@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import typer
+from rich.markup import escape
 from rich.table import Table
 
 from .app import app, handle_errors, out
@@ -59,19 +60,18 @@ def layers(
     """
     from ..models import compressible_layers
 
-    net = meta_model(model, arch, num_classes)
+    net, found = meta_model(model, arch, num_classes, compressed_ok=True)
     rows = [
         {"layer": n, "kind": type(m).__name__, "shape": _shape(m), "params": _params(m)}
         for n, m in compressible_layers(net)
     ]
     if template_:
-        name = arch or model.split(":", 1)[-1]
-        classes = 1000 if num_classes is None else num_classes
-        typer.echo(template(name, classes, rows), nl=False)
+        typer.echo(template(found.arch, found.num_classes, rows), nl=False)
     elif json_:
         typer.echo(json.dumps({"layers": rows}, indent=1))
     else:
-        table = Table(title=f"compressible layers of {model}")
+        what = model if found.arch in model else f"{model} ({found.arch})"
+        table = Table(title=escape(f"compressible layers of {what}"))
         for col in ("layer", "type", "weight shape", "parameters"):
             table.add_column(col, justify="right" if col == "parameters" else "left")
         for r in rows:

@@ -6,6 +6,7 @@ import json
 from typing import Annotated
 
 import typer
+from rich.markup import escape
 
 from .app import app, handle_errors, out
 from .options import Arch, Json, Model, NumClasses, RecipeOpt
@@ -43,15 +44,13 @@ def plan(
     from .tables import layer_table
 
     rec, source = load_recipe(recipe)
-    net = meta_model(
-        model, arch or rec.model.arch, rec.model.num_classes if num_classes is None else num_classes
-    )
+    net, _ = meta_model(model, arch, num_classes, recipe=rec)
     budget = int(memory_gb * 2**30) if memory_gb else None
     p = make_plan(net, rec, source=source, memory_budget=budget, batch=batch)
     if json_:
         typer.echo(json.dumps(p.to_dict(), indent=1))
         return
-    out.print(layer_table([lp.record for lp in p.layers], f"plan: {source} on {model}"))
+    out.print(layer_table([lp.record for lp in p.layers], escape(f"plan: {source} on {model}")))
     t = p.totals
     out.print(
         f"replaced layers: {t.replaced_dense_params:,} -> {t.replaced_tn_params:,} "

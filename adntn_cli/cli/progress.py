@@ -45,11 +45,15 @@ class Reporter:
                 or event.step % PLAIN_EVERY == 0
                 or (event.step == event.total)
             ):
-                err.print(f"{event.phase} {event.step}/{event.total} {info}", highlight=False)
+                err.print(
+                    f"{event.phase} {event.step}/{event.total} {info}",
+                    markup=False,
+                    highlight=False,
+                )
             return
         key = f"{event.phase}:{event.message}" if event.phase == "layerwise" else event.phase
         if event.phase in ("eval", "checkpoint"):
-            err.print(f"{event.phase} at step {event.step}: {info}", highlight=False)
+            err.print(f"{event.phase} at step {event.step}: {info}", markup=False, highlight=False)
             return
         if key not in self.tasks:
             label = f"{event.phase} {event.message}".strip()

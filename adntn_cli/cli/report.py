@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
 import typer
+from rich.markup import escape
 
 from ..errors import AdntnError
 from .app import app, handle_errors, out
@@ -71,7 +72,7 @@ def report(
     if markdown:
         typer.echo(to_markdown(rep), nl=False)
         return
-    out.print(layer_table(rep.layers, f"adntn report: {target}", style="report"))
+    out.print(layer_table(rep.layers, escape(f"adntn report: {target}"), style="report"))
     t = rep.totals
     size = (rep.files or {}).get("model_bytes")
     out.print(
@@ -92,4 +93,4 @@ def report(
             f"{100 * d.top5:.2f}% -> {100 * c.top5:.2f}%"
         )
     if plot:
-        out.print(f"plot: {plot}")
+        out.print(f"plot: {plot}", markup=False, highlight=False)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Sequence
 from typing import Any
@@ -174,6 +175,20 @@ class TNGenerator(nn.Module):
     def ratio(self) -> float:
         """``dense_params / num_params``: how many times fewer parameters."""
         return self.dense_params / max(1, self.num_params)
+
+    def frozen_spec(self) -> StructureSpec:
+        """This generator's spec with every choice a heuristic made written out: the physical
+        legs as explicit factors, the default activation and options by name. A generator built
+        from it is this one, whatever later versions of the factorisation would choose."""
+        s = self.spec
+        legs = self.tz.legs
+        return dataclasses.replace(
+            s,
+            activation=s.activation or ("tanh" if self.structure.nonlinear else "identity"),
+            factors=(tuple(o for o, _ in legs), tuple(i for _, i in legs)),
+            n_legs=None,
+            options={**self.structure.options, **s.options},
+        )
 
     @property
     def bond_dims(self) -> list[int]:
