@@ -107,6 +107,9 @@ def run_demo(
 ) -> CompressionReport:
     """Train the teacher into ``out/teacher.pt`` and compress it into ``out/compressed``.
 
+    ``teacher.pt`` describes itself, in timm's layout: ``{"state_dict", "arch",
+    "num_classes", "input_size"}``, so ``adntn eval`` needs no ``--arch`` or ``--input-size``.
+
     ``out`` is started over if it is empty, an earlier demo run, or ``force``; any other folder
     is refused and left as it is."""
     out = Path(out)
@@ -134,5 +137,7 @@ def run_demo(
     acc = train_teacher(teacher, train, val, epochs=TEACHER_EPOCHS, device=dev, callback=callback)
     if not math.isfinite(acc["loss"]):
         raise RuntimeError("the demo teacher did not train")
-    save_atomic(teacher.state_dict(), out / "teacher.pt")
+    described = {"arch": "demo_vgg", "num_classes": recipe.model.num_classes,
+                 "input_size": recipe.model.input_size}  # fmt: skip
+    save_atomic({"state_dict": teacher.state_dict(), **described}, out / "teacher.pt")
     return compress(job, callback)

@@ -65,11 +65,14 @@ def _similarity(shapes: Shapes, sig: Mapping[str, tuple[int, ...]]) -> float:
     return same / max(len(shapes), len(sig), 1)
 
 
-def likely_archs(shapes: Shapes, n: int = 3, *, exclude: str | None = None) -> list[str]:
-    """The ``n`` architectures whose state dicts look most like ``shapes``, best first."""
+def likely_archs(
+    shapes: Shapes, n: int = 3, *, exclude: str | None = None, above: float = 0.2
+) -> list[str]:
+    """The ``n`` architectures whose state dicts look most like ``shapes``, best first; only
+    those more alike than ``above``."""
     scores = {a: _similarity(shapes, s) for a, s in _all_signatures().items() if a != exclude}
     best = sorted(scores, key=lambda a: (-scores[a], a))[:n]
-    return [a for a in best if scores[a] > 0.2]
+    return [a for a in best if scores[a] > max(above, 0.2)]
 
 
 def check_fit(
@@ -96,8 +99,18 @@ def check_fit(
             f"{where}: the classifier has {actual} outputs, {said} says {num_classes}: set "
             f"model.num_classes: {actual} in the recipe or pass --num-classes {actual}"
         )
-    diff = _diff(missing, unexpected, wrong, shapes, expected)
-    raise ModelError(f"{where} does not fit {arch}: {diff}{_guess(shapes, arch)}")
+    guesses = likely_archs(shapes, exclude=arch, above=_similarity(shapes, expected))
+    if not guesses:  # nothing fits better: list what differs
+        diff = _diff(missing, unexpected, wrong, shapes, expected)
+        raise ModelError(f"{where} does not fit {arch}: {diff}")
+    counts = (
+        f"{len(missing)} keys missing, {len(unexpected)} unexpected, {len(wrong)} of other shapes"
+    )
+    alts = f" (or {', '.join(guesses[1:])})" if guesses[1:] else ""
+    raise ModelError(
+        f"{where} does not fit {arch} ({counts}); the keys look like {guesses[0]}'s{alts}: "
+        f"pass --arch {guesses[0]}"
+    )
 
 
 def _diff(missing, unexpected, wrong, shapes: Shapes, expected: Shapes) -> str:
@@ -117,11 +130,3 @@ def _diff(missing, unexpected, wrong, shapes: Shapes, expected: Shapes) -> str:
 def _few(keys: list[str], n: int = 4) -> str:
     more = f" and {len(keys) - n} more" if len(keys) > n else ""
     return f"{keys[:n]}{more}"
-
-
-def _guess(shapes: Shapes, arch: str) -> str:
-    guesses = likely_archs(shapes, exclude=arch)
-    if not guesses:
-        return ""
-    alts = f" (or {', '.join(guesses[1:])})" if guesses[1:] else ""
-    return f"; the keys look like {guesses[0]}'s{alts}: pass --arch {guesses[0]}"

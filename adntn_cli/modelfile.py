@@ -35,6 +35,11 @@ EMA_COUNTERS = ("n_averaged",)  # torch.optim.swa_utils.AveragedModel's step cou
 DESCRIPTIVE = ("arch", "num_classes", "input_size")  # facts a checkpoint may record
 
 
+def _note(message: str) -> None:
+    """A note for the user (the CLI prints each once per command: a file is read twice)."""
+    log.info("%s", message)
+
+
 def _safe_globals() -> list[Any]:
     """Globals a checkpoint may hold that construct plain data and run nothing else."""
     import numpy as np
@@ -139,8 +144,8 @@ def state_of(obj: Any, path: Path) -> dict[str, torch.Tensor]:
                 f"{path} holds no state dict: its keys are {found}; adntn looks for a state dict "
                 f"of tensors, bare or under {', '.join(STATE_KEYS)}"
             )
-        also = f" (it also holds {', '.join(keys[1:])})" if keys[1:] else ""
-        log.info("%s: the weights under %r%s", path, keys[0], also)
+        if keys[1:]:  # a choice was made: say which
+            _note(f"{path}: the weights under {keys[0]!r} (it also holds {', '.join(keys[1:])})")
         obj = {k: v for k, v in obj[keys[0]].items() if k not in EMA_COUNTERS}
     if not isinstance(obj, Mapping) or not _is_state(obj):
         raise ModelError(f"{path}: expected a state dict of tensors")
@@ -162,9 +167,7 @@ def _strip(state: dict[str, torch.Tensor], path: Path | None = None) -> dict[str
             stripped.append(prefix)
     if stripped:
         what = " and ".join(f"'{p}'" for p in stripped)
-        log.info(
-            "%s: stripped the prefix %s from all %d keys", path or "the file", what, len(state)
-        )
+        _note(f"{path or 'the file'}: stripped the prefix {what} from all {len(state)} keys")
     return state
 
 
@@ -186,7 +189,7 @@ def _facts(record: Mapping, path: Path) -> dict[str, Any]:
         try:
             facts[key] = int(value)
         except (TypeError, ValueError):
-            log.info("%s: ignored its %s %r (not a whole number)", path, key, value)
+            _note(f"{path}: ignored its {key} {value!r} (not a whole number)")
     return facts
 
 

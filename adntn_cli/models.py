@@ -222,7 +222,7 @@ def _recorded_arch(file: ModelFile) -> str | None:
     model torchvision does not have)."""
     if file.arch is None or file.arch in known_archs():
         return file.arch
-    log.info("%s records arch %r, which adntn cannot build; ignored", file.path, file.arch)
+    log.info("%s records arch %r, which torchvision does not build; ignored", file.path, file.arch)
     return None
 
 

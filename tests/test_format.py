@@ -56,9 +56,7 @@ def _compressed(tmp_path: Path) -> tuple[nn.Module, Path]:
     recipe = parse_recipe(RECIPE)
     p = compress_(model, recipe)
     path = tmp_path / "m.safetensors"
-    save_compressed(
-        model, path, arch="demo_vgg", num_classes=10, recipe=resolved_recipe(recipe, p)
-    )
+    save_compressed(model, path, arch="demo_vgg", num_classes=10, recipe=resolved_recipe(recipe, p))
     return model.eval(), path
 
 

@@ -81,6 +81,12 @@ def _with(path: tuple, value: str) -> dict:
     return doc
 
 
+def _demo_vgg_state() -> dict:
+    from adntn_cli.models import build_model
+
+    return build_model("demo_vgg", 10).state_dict()
+
+
 CASES = [(p, v) for p in PLACES for v in (NAME, "os.system", "torch.nn.Linear")]
 CASES.append((("layers", 0, "select"), f"type:{EVIL}.Boom"))
 
@@ -91,8 +97,10 @@ CASES.append((("layers", 0, "select"), f"type:{EVIL}.Boom"))
 def test_recipes_never_import_what_they_name(tmp_path, evil, place, value):
     recipe = tmp_path / "r.yaml"
     recipe.write_text(json.dumps(_with(place, value)))  # JSON is YAML
-    weights = tmp_path / "t.pt"  # plan reads no weights: the architecture is the recipe's
-    weights.touch()
+    weights = tmp_path / "t.safetensors"  # plan reads its keys and shapes, never code
+    from safetensors.torch import save_file
+
+    save_file(_demo_vgg_state(), str(weights))
     result = runner.invoke(app, ["plan", str(weights), "--recipe", str(recipe)])
     assert result.exit_code == 2, result.output
     assert not evil.exists() and EVIL not in sys.modules

@@ -5,6 +5,7 @@ from __future__ import annotations
 import errno
 import functools
 import logging
+import os
 import sys
 import traceback
 from collections.abc import Callable
@@ -98,9 +99,17 @@ class _Notes(logging.Handler):
     CliRunner) gets the line. The CLI installs it for the length of a command; a program that
     uses adntn as a library sees these records only through its own logging set-up."""
 
+    def __init__(self, level: int) -> None:
+        super().__init__(level)
+        self.said: set[str] = set()  # a file read twice (shapes, then weights) says it once
+
     def emit(self, record: logging.LogRecord) -> None:
+        message = record.getMessage()
+        if os.environ.get("RANK", "0") != "0" or message in self.said:  # torchrun: rank 0 says it
+            return
+        self.said.add(message)
         try:
-            sys.stderr.write(f"note: {record.getMessage()}\n")
+            sys.stderr.write(f"note: {message}\n")
             sys.stderr.flush()
         except Exception:  # logging's rule: a handler never raises
             self.handleError(record)

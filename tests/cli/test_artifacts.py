@@ -85,7 +85,14 @@ def test_export_dense_matches_the_compressed_logits(run, tmp_path, suffix):
         app, ["export", str(out / "model.safetensors"), "--dense", str(dense_path)]
     )
     assert result.exit_code == 0, result.output
-    state = load_file(str(dense_path)) if suffix == ".safetensors" else torch.load(dense_path)
+    if suffix == ".safetensors":
+        state = load_file(str(dense_path))
+    else:  # timm's layout: the state dict beside what describes it
+        saved = torch.load(dense_path, weights_only=True)
+        assert {k: saved[k] for k in ("arch", "num_classes", "input_size")} == {
+            "arch": "demo_vgg", "num_classes": 10, "input_size": 32
+        }  # fmt: skip
+        state = saved["state_dict"]
     plain = build_model("demo_vgg", 10)
     plain.load_state_dict(state)
     compressed = load_compressed(out / "model.safetensors")

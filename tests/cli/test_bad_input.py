@@ -105,6 +105,13 @@ class Ctx:
         self.mp.setattr(os, "scandir", guard(os.scandir))
 
 
+FIXTURES = Path(__file__).parents[1] / "fixtures"
+
+
+class Config:  # a training script's own class, pickled into its checkpoint
+    lr = 0.1
+
+
 def _state(**changes: torch.Tensor | None) -> dict[str, torch.Tensor]:
     state = build_model("demo_vgg", 10).state_dict()
     for key, value in changes.items():
@@ -275,6 +282,21 @@ CASES: list[Case] = [
     ("garbage .pt", lambda c: c.compress(c.file("g.pt", bytes(range(256)) * 8)),
      ["g.pt is not a state dict written by torch.save"]),
     ("pickled whole model without the flag", _pickled_model, ["whole.pt pickles", PICKLE_HINT]),
+    ("a checkpoint pickling a class of its training script",
+     lambda c: c.compress(_pt(c, "ckpt.pth", {"model": _state(), "cfg": Config()})),
+     ["ckpt.pth pickles tests.cli.test_bad_input.Config", PICKLE_HINT]),
+    ("state dict of another architecture",
+     lambda c: c.compress(_pt(c, "sq.pth", build_model("squeezenet1_1", 10).state_dict())),
+     ["sq.pth does not fit demo_vgg", "the keys look like squeezenet1_1's",
+      "pass --arch squeezenet1_1"]),
+    ("classifier of another size than the recipe's",
+     lambda c: c.compress(recipe=c.edit("num_classes: 10", "num_classes: 100")),
+     ["the classifier has 10 outputs, the recipe (model.num_classes) says 100",
+      "--num-classes 10"]),
+    ("an already compressed file", lambda c: c.compress(FIXTURES / "format1.safetensors"),
+     ["format1.safetensors is already compressed (format adntn/1)"]),
+    ("a bare architecture name", lambda c: c.compress("vgg16"),
+     ["'vgg16' is neither a file nor torchvision:NAME; did you mean torchvision:vgg16?"]),
     # -- data ----------------------------------------------------------------------------------
     ("unknown data source", lambda c: c.compress(data="mnist"),
      ["data 'mnist' is not a data source; valid: digits, synthetic[:N], imagefolder:PATH"]),

@@ -64,7 +64,7 @@ def test_compress_writes_the_run_directory(files, tmp_path):
     }
     with safe_open(str(out / "model.safetensors"), "pt") as f:
         meta, keys = f.metadata(), set(f.keys())
-    assert meta["format"] == "adntn/1" and meta["arch"] == "demo_vgg"
+    assert meta["format"] == "adntn/2" and meta["arch"] == "demo_vgg"
     assert "classifier.0.weight" not in keys and "classifier.0.bias" in keys
     assert any(k.startswith("classifier.0.generator.cores.") for k in keys)
 

@@ -22,3 +22,11 @@ def test_demo_compresses_1000x_within_a_point_of_dense_and_runs_twice(tmp_path):
     acc = report["accuracy"]
     assert acc["compressed"]["top1"] >= acc["dense"]["top1"] - 0.01
     assert "dense" in result.output and "compressed" in result.output
+    # teacher.pt describes itself: eval needs neither --arch nor --input-size (it said
+    # "internal error: mat1 and mat2 shapes cannot be multiplied" at 224x224 before)
+    demo = tmp_path / "demo"
+    evaluated = runner.invoke(app, ["eval", str(demo / "teacher.pt"), "--data", "digits",
+                                    "--baseline", str(demo / "compressed"), "--json"])  # fmt: skip
+    assert evaluated.exit_code == 0, evaluated.output
+    scores = json.loads(evaluated.stdout)
+    assert scores["input_size"] == 32 and scores["top1"] == pytest.approx(acc["dense"]["top1"])

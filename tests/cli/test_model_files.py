@@ -76,6 +76,7 @@ def test_a_torchvision_reference_checkpoint_loads(tmp_path):
     assert [r["layer"] for r in json.loads(out)["layers"]][-1] == "classifier.6"
     result = _run("plan", path, "--recipe", "demo", "--arch", "demo_vgg")
     _ok(result)
+    assert result.stderr.count("note:") == 1  # said once, though read twice
     assert "the weights under 'model' (it also holds model_ema)" in result.stderr
 
 
@@ -132,6 +133,8 @@ def test_ddp_and_compile_prefixes_are_stripped_and_said(tmp_path, prefix):
 def test_a_legacy_torch_save_file_is_read(tmp_path):
     path = tmp_path / "legacy.pt"
     torch.save(_demo_state(), path, _use_new_zipfile_serialization=False)
+    rows = json.loads(_ok(_run("layers", path, "--arch", "demo_vgg", "--json")))["layers"]
+    assert rows[-1]["shape"] == [10, 1024]  # read from the file (onto the meta device)
     _ok(_run("plan", path, "--recipe", "demo", "--arch", "demo_vgg"))
 
 
