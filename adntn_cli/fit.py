@@ -103,9 +103,8 @@ def check_fit(
     if not guesses:  # nothing fits better: list what differs
         diff = _diff(missing, unexpected, wrong, shapes, expected)
         raise ModelError(f"{where} does not fit {arch}: {diff}")
-    counts = (
-        f"{len(missing)} keys missing, {len(unexpected)} unexpected, {len(wrong)} of other shapes"
-    )
+    tally = ((missing, "missing"), (unexpected, "unexpected"), (wrong, "of other shapes"))
+    counts = ", ".join(f"{len(keys)} keys {what}" for keys, what in tally if keys)
     alts = f" (or {', '.join(guesses[1:])})" if guesses[1:] else ""
     raise ModelError(
         f"{where} does not fit {arch} ({counts}); the keys look like {guesses[0]}'s{alts}: "

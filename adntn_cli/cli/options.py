@@ -9,7 +9,8 @@ import typer
 Model = Annotated[
     str,
     typer.Argument(
-        help="torchvision:NAME (random weights), or a .pt/.pth/.safetensors state dict",
+        help="torchvision:NAME (random weights), or a model file: a state dict or a training "
+        "checkpoint (.pt, .pth, .pth.tar, .safetensors)",
         show_default=False,
     ),
 ]
