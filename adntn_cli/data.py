@@ -8,10 +8,14 @@ SPEC strings (``--data`` or the recipe's ``data.train``):
 - ``synthetic[:N]``: ``N`` (default 256) random images with random labels, for smoke tests and
   timing; 25% validation.
 - ``imagefolder:PATH``: ``PATH/train`` and ``PATH/val`` in ImageNet layout (one folder per
-  class), ImageNet transforms (random resized crop and flip for training; resize and centre crop for
-  validation).
+  class); evaluation needs only ``PATH/val``.
 - ``cifar10:PATH`` / ``cifar100:PATH``: a local copy of the python-version batches
   (``download=False``); the official train and test splits.
+- ``mnist:PATH`` / ``fashion-mnist:PATH``: the four IDX files, gzipped or raw (see idx.py); the
+  official 60,000 / 10,000 splits, grey repeated to three channels.
+
+Image sources are preprocessed as preprocess.py says: each source's defaults, with the recipe's
+``data:`` keys (mean, std, resize, crop, interpolation, augment, crop_scale) on top.
 """
 
 from __future__ import annotations
@@ -19,12 +23,14 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset, Sampler, TensorDataset
 
 from .errors import DataError
+from .preprocess import Preprocess, resolve_preprocess
 
 __all__ = [
     "DataSpec",
@@ -36,8 +42,11 @@ __all__ = [
     "parse_data_spec",
 ]
 
-IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
-VALID = "digits, synthetic[:N], imagefolder:PATH, cifar10:PATH or cifar100:PATH"
+VALID = (
+    "digits, synthetic[:N], imagefolder:PATH, cifar10:PATH, cifar100:PATH, mnist:PATH or "
+    "fashion-mnist:PATH"
+)
+PATH_SOURCES = ("imagefolder", "cifar10", "cifar100", "mnist", "fashion-mnist")
 SPLIT_SEED = 0
 
 
@@ -50,11 +59,17 @@ class DataSpec:
 
 @dataclass
 class Datasets:
-    train: Dataset
+    """The splits of a source; ``train`` is None where only validation was asked for (eval).
+    ``classes`` names the classes where the source has names; ``preprocess`` is what image
+    sources were prepared with (None for digits and synthetic)."""
+
+    train: Dataset | None
     val: Dataset
     num_classes: int
     description: str
     augmented: bool = False  # whether a training image differs from one epoch to the next
+    classes: list[str] | None = None
+    preprocess: Preprocess | None = None
 
 
 def epoch_seed(seed: int, epoch: int) -> int:
@@ -74,7 +89,7 @@ def parse_data_spec(spec: str) -> DataSpec:
             raise DataError(f"data {spec!r}: synthetic needs at least 4 images")
         return DataSpec("synthetic", size=n)
     kind, sep, path = spec.partition(":")
-    if kind in ("imagefolder", "cifar10", "cifar100") and sep and path:
+    if kind in PATH_SOURCES and sep and path:
         return DataSpec(kind, Path(path).expanduser())
     raise DataError(f"data {spec!r} is not a data source; valid: {VALID}")
 
@@ -117,65 +132,95 @@ def _synthetic(n: int, size: int, num_classes: int) -> Datasets:
     )
 
 
-def _imagefolder(path: Path, size: int) -> Datasets:
-    from torchvision import datasets, transforms
+def _imagefolder(path: Path, size: int, p: Preprocess, train: bool) -> Datasets:
+    from torchvision import datasets
 
-    for split in ("train", "val"):
+    splits = ("train", "val") if train else ("val",)
+    for split in splits:
         if not (path / split).is_dir():
             raise DataError(
                 f"imagefolder:{path}: no {split}/ folder (expected {split}/CLASS/*.jpg)"
             )
-    norm = transforms.Normalize(IMAGENET_MEAN, IMAGENET_STD)
-    train_tf = transforms.Compose(
-        [transforms.RandomResizedCrop(size), transforms.RandomHorizontalFlip(),
-         transforms.ToTensor(), norm]
-    )  # fmt: skip
-    val_tf = transforms.Compose(
-        [transforms.Resize(round(size * 256 / 224)), transforms.CenterCrop(size),
-         transforms.ToTensor(), norm]
-    )  # fmt: skip
     try:
-        train = datasets.ImageFolder(str(path / "train"), transform=train_tf)
-        val = datasets.ImageFolder(str(path / "val"), transform=val_tf)
+        sets = {
+            split: datasets.ImageFolder(
+                str(path / split), transform=p.transforms(size, train=split == "train")
+            )
+            for split in splits
+        }
     except (FileNotFoundError, RuntimeError) as err:
         raise DataError(f"imagefolder:{path}: {err}") from None
-    if train.classes != val.classes:
+    val, train_set = sets["val"], sets.get("train")
+    if train_set is not None and train_set.classes != val.classes:
         raise DataError(f"imagefolder:{path}: train/ and val/ have different class folders")
-    n = len(train.classes)
-    desc = f"imagefolder {path}: {len(train)} train / {len(val)} val images, {n} classes"
-    return Datasets(train, val, n, desc, augmented=True)
+    n = len(val.classes)
+    counts = f"{len(train_set)} train / " if train_set is not None else ""
+    desc = f"imagefolder {path}: {counts}{len(val)} val images, {n} classes"
+    return Datasets(train_set, val, n, desc, p.augment != "none", val.classes, p)
 
 
-def _cifar(kind: str, path: Path, size: int) -> Datasets:
-    from torchvision import datasets, transforms
+def _cifar(kind: str, path: Path, size: int, p: Preprocess, train: bool) -> Datasets:
+    from torchvision import datasets
 
     cls = datasets.CIFAR10 if kind == "cifar10" else datasets.CIFAR100
-    steps = [transforms.ToTensor(), transforms.Normalize((0.5, 0.5, 0.5), (0.25, 0.25, 0.25))]
-    if size != 32:
-        steps.insert(0, transforms.Resize(size))
-    tf = transforms.Compose(steps)
     try:
-        train = cls(str(path), train=True, transform=tf, download=False)
-        val = cls(str(path), train=False, transform=tf, download=False)
+        val = cls(str(path), train=False, transform=p.transforms(size, train=False), download=False)
+        train_set = (
+            cls(str(path), train=True, transform=p.transforms(size, train=True), download=False)
+            if train
+            else None
+        )
     except RuntimeError:
         folder = "cifar-10-batches-py" if kind == "cifar10" else "cifar-100-python"
         raise DataError(
             f"{kind}:{path}: no dataset there (adntn never downloads: put {folder}/ in {path})"
         ) from None
-    n = 10 if kind == "cifar10" else 100
-    return Datasets(train, val, n, f"{kind} {path}: {len(train)} train / {len(val)} val images")
+    return _described(kind, path, train_set, val, p)
 
 
-def make_datasets(spec: str | DataSpec, image_size: int, num_classes: int = 10) -> Datasets:
-    """Training and validation sets for ``spec`` at ``image_size`` (see the module docstring)."""
+def _idx(kind: str, path: Path, size: int, p: Preprocess, train: bool) -> Datasets:
+    from .idx import IdxImages
+
+    if not path.is_dir():
+        raise DataError(f"{kind}:{path}: no such folder (it holds the four IDX files)")
+    val = IdxImages(kind, path, "val", p.transforms(size, train=False))
+    train_set = IdxImages(kind, path, "train", p.transforms(size, train=True)) if train else None
+    return _described(kind, path, train_set, val, p)
+
+
+def _described(kind: str, path: Path, train: Dataset | None, val, p: Preprocess) -> Datasets:
+    counts = f"{len(train)} train / " if train is not None else ""
+    n = len(val.classes)
+    desc = f"{kind} {path}: {counts}{len(val)} val images, {n} classes"
+    return Datasets(train, val, n, desc, p.augment != "none", list(val.classes), p)
+
+
+def make_datasets(
+    spec: str | DataSpec,
+    image_size: int,
+    num_classes: int = 10,
+    *,
+    preprocess: Preprocess | dict[str, Any] | None = None,
+    train: bool = True,
+) -> Datasets:
+    """Training and validation sets for ``spec`` at ``image_size`` (see the module docstring).
+
+    ``preprocess`` is a resolved ``Preprocess`` (a compressed file's), or the recipe's ``data:``
+    keys over the source's defaults; ``train=False`` reads the validation split alone."""
     s = parse_data_spec(spec) if isinstance(spec, str) else spec
-    if s.kind == "digits":
-        return _digits(image_size)
-    if s.kind == "synthetic":
+    if s.kind in ("digits", "synthetic"):
+        if isinstance(preprocess, dict):
+            resolve_preprocess(s.kind, preprocess)  # refuses keys these sources do not take
+        if s.kind == "digits":
+            return _digits(image_size)
         return _synthetic(s.size or 256, image_size, num_classes)
+    p = preprocess if isinstance(preprocess, Preprocess) else None
+    p = p or resolve_preprocess(s.kind, preprocess if isinstance(preprocess, dict) else {})
     if s.kind == "imagefolder":
-        return _imagefolder(s.path, image_size)
-    return _cifar(s.kind, s.path, image_size)
+        return _imagefolder(s.path, image_size, p, train)
+    if s.kind in ("mnist", "fashion-mnist"):
+        return _idx(s.kind, s.path, image_size, p, train)
+    return _cifar(s.kind, s.path, image_size, p, train)
 
 
 class EpochSampler(Sampler[int]):

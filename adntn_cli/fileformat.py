@@ -8,7 +8,9 @@ A compressed file is safetensors; its ``__metadata__`` (strings only) says what 
   or ``in_proj`` / ``out_proj`` of an attention layer), the spec as it was resolved: physical
   legs as explicit factors, bond dimensions, activations and options by name. Loading builds
   those generators and never runs a heuristic, so a later change to factorize.py or to a
-  structure's defaults cannot misread the file. It also records ``input_size``.
+  structure's defaults cannot misread the file. It also records ``input_size`` and, where the
+  data had them, ``preprocessing`` (what the images were prepared with, which ``eval`` reuses)
+  and ``classes`` (the class names, index order).
 
 Every reader returns a ``Header``; keys added later (preprocessing, class names) are read here,
 by version, and nowhere else.
@@ -58,15 +60,26 @@ class Header:
     recipe: Recipe
     input_size: int
     layers: LayerSpecs | None = None
+    preprocessing: dict[str, Any] | None = None
+    classes: list[str] | None = None
     adntn_version: str | None = None
     extra: dict[str, str] = field(default_factory=dict)  # keys this reader does not know
 
 
 def metadata(
-    *, arch: str, num_classes: int, input_size: int, recipe: dict[str, Any], layers: LayerSpecs
+    *,
+    arch: str,
+    num_classes: int,
+    input_size: int,
+    recipe: dict[str, Any],
+    layers: LayerSpecs,
+    preprocessing: dict[str, Any] | None = None,
+    classes: list[str] | None = None,
 ) -> dict[str, str]:
     """The ``__metadata__`` of a file in the current format."""
+    optional = {"preprocessing": preprocessing, "classes": classes}
     return {
+        **{k: json.dumps(v, sort_keys=True) for k, v in optional.items() if v is not None},
         "format": FORMAT,
         "adntn_version": __version__,
         "arch": arch,
@@ -171,10 +184,11 @@ def _read_v1(path: Path, meta: Mapping[str, str]) -> Header:
 
 def _read_v2(path: Path, meta: Mapping[str, str]) -> Header:
     _require(path, meta, ("arch", "num_classes", "recipe", "layers", "input_size"))
-    base = _read_v1(path, {k: v for k, v in meta.items() if k not in ("layers", "input_size")})
+    base = _read_v1(path, meta)
     input_size = int(meta["input_size"])
     if input_size < 1:
         raise ModelError(f"{path}: damaged adntn metadata (input_size {input_size})")
+    known = {"layers", "input_size", "preprocessing", "classes"}
     return Header(
         path=path,
         version=2,
@@ -183,9 +197,36 @@ def _read_v2(path: Path, meta: Mapping[str, str]) -> Header:
         recipe=base.recipe,
         input_size=input_size,
         layers=_layer_specs(path, json.loads(meta["layers"])),
+        preprocessing=_preprocessing(path, meta.get("preprocessing")),
+        classes=_classes(path, meta.get("classes"), base.num_classes),
         adntn_version=base.adntn_version,
-        extra=base.extra,
+        extra={k: v for k, v in base.extra.items() if k not in known},
     )
+
+
+def _preprocessing(path: Path, text: str | None) -> dict[str, Any] | None:
+    """``preprocessing``, checked by building it (unknown keys or bad values are damage)."""
+    from .preprocess import Preprocess
+
+    if text is None:
+        return None
+    data = json.loads(text)
+    if not isinstance(data, dict):
+        raise ModelError(f"{path}: damaged adntn metadata (preprocessing is not a mapping)")
+    Preprocess.from_dict(data)
+    return data
+
+
+def _classes(path: Path, text: str | None, num_classes: int) -> list[str] | None:
+    if text is None:
+        return None
+    names = json.loads(text)
+    if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
+        raise ModelError(f"{path}: damaged adntn metadata (classes is not a list of names)")
+    if len(names) != num_classes:
+        raise ModelError(f"{path}: damaged adntn metadata ({len(names)} class names for "
+                         f"{num_classes} classes)")  # fmt: skip
+    return names
 
 
 def _layer_specs(path: Path, data: Any) -> LayerSpecs:

@@ -60,8 +60,11 @@ def save_compressed(
     num_classes: int,
     recipe: dict[str, Any],
     dtype: torch.dtype | None = None,
+    preprocess: dict[str, Any] | None = None,
+    classes: list[str] | None = None,
 ) -> int:
-    """Write ``model`` to ``path`` (cores in float32, or ``dtype``); returns the file size."""
+    """Write ``model`` to ``path`` (cores in float32, or ``dtype``); returns the file size.
+    ``preprocess`` and ``classes`` are what the data was prepared with and its class names."""
     from safetensors.torch import save
 
     tensors = {}
@@ -76,6 +79,8 @@ def save_compressed(
         input_size=int(recipe.get("model", {}).get("input_size", 224)),
         recipe=recipe,
         layers=layer_specs(model),
+        preprocessing=preprocess,
+        classes=classes,
     )
     return write_bytes(path, canonical_safetensors(save(tensors, metadata=meta)))
 
@@ -185,14 +190,16 @@ def load_any(
     device: str | torch.device = "cpu",
 ) -> tuple[nn.Module, dict[str, Any]]:
     """A compressed file, a dense model file or ``torchvision:NAME``; returns it and facts
-    about it (``kind``, ``file_bytes``, ``arch``, ``input_size`` where the file records it)."""
+    about it (``kind``, ``file_bytes``, ``arch``; ``input_size`` and ``preprocessing`` where the
+    file records them)."""
     from .models import inspect_model, load_model
 
     path = Path(source)
     if is_compressed(path):
         header = read_header(path)
         model = load_compressed(path, device)
-        info = {"kind": "compressed", "arch": header.arch, "input_size": header.input_size}
+        info = {"kind": "compressed", "arch": header.arch, "input_size": header.input_size,
+                "preprocessing": header.preprocessing}  # fmt: skip
     elif allow_pickle:
         model = load_model(source, arch, num_classes, allow_pickle=True, device=device)
         info = {"kind": "dense", "arch": arch or type(model).__name__.lower(), "input_size": None}

@@ -15,6 +15,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import json
+import logging
 import platform
 import subprocess
 import sys
@@ -39,7 +40,7 @@ from .checkpoints import (
 from .data import Datasets, loaders, make_datasets
 from .devices import resolve_device
 from .distill import Callback, Event, finetune, layerwise_fit, recalibrate_batchnorm
-from .errors import AdntnError, DataError
+from .errors import AdntnError, DataError, RunDirError
 from .evaluate import accuracy, agreement
 from .io import save_compressed
 from .models import load_model
@@ -60,6 +61,7 @@ from .runtime import (
 __all__ = ["CompressJob", "Run", "compress"]
 
 CORES_DTYPES = {"float32": None, "bfloat16": torch.bfloat16}
+log = logging.getLogger("adntn")
 
 
 @dataclass(frozen=True)
@@ -84,6 +86,8 @@ class CompressJob:
     force: bool = False
     arch: str | None = None
     allow_pickle: bool = False
+    allow_class_mismatch: bool = False
+    allow_schedule_change: bool = False
     cores_dtype: str = "float32"
     compile_mode: str = "off"
     precision: str = "auto"
@@ -154,6 +158,8 @@ class Run:
     teacher: nn.Module | None = None
     arch: str = ""
     num_classes: int = 0
+    command: list[str] = field(default_factory=list)  # the command that started the run
+    resumes: list[dict[str, Any]] | None = None
     plan: Plan | None = None
     datasets: Datasets | None = None
     student: nn.Module | None = None
@@ -202,10 +208,71 @@ def load_inputs(job: CompressJob, run: Run) -> None:
         run.teacher = load_model(job.model, found.arch, found.num_classes, device=run.device)
     run.teacher.eval()
     run.plan = plan(run.teacher, job.recipe, source=job.source, batch=job.recipe.data.batch_size)
-    run.datasets = make_datasets(job.data, job.recipe.model.input_size, run.num_classes)
+    run.datasets = make_datasets(
+        job.data, job.recipe.model.input_size, run.num_classes,
+        preprocess=job.recipe.data.preprocessing(),
+    )  # fmt: skip
+    check_classes(run.datasets, run.num_classes, job.data, allowed=job.allow_class_mismatch)
+    origin = run_origin(job, run.out)  # checked before anything in the folder changes
+    run.command, run.resumes = origin["command"], origin.get("resumes")
     if run.dist.main:
         prepare_run_dir(run.out, resume=job.resume, force=job.force)
+        write_text(run.out / RUN_FILE, json.dumps(origin, indent=1) + "\n")
     distributed.barrier(run.dist)
+
+
+RUN_FILE = "run.json"  # the command that started a run and the schedule it ran with
+
+
+def schedule_of(recipe: Recipe) -> dict[str, Any]:
+    """What a resumed run must keep: the distillation schedule, the batch and preprocessing."""
+    return {
+        "distill": recipe.distill.model_dump(mode="json"),
+        "data": recipe.data.model_dump(mode="json", exclude={"train", "workers"}),
+    }
+
+
+def _changes(old: Any, new: Any, where: str = "") -> list[str]:
+    if isinstance(old, dict) and isinstance(new, dict):
+        keys = [*old, *(k for k in new if k not in old)]
+        return [c for k in keys for c in _changes(old.get(k), new.get(k), f"{where}{k}.")]
+    return [] if old == new else [f"{where.rstrip('.')}: {old} -> {new}"]
+
+
+def run_origin(job: CompressJob, out: Path) -> dict[str, Any]:
+    """run.json as it will be: a new run's command and schedule, or with ``--resume`` the
+    original one with this resume appended. A schedule changed since is refused unless
+    ``--allow-schedule-change`` (then said, and recorded)."""
+    path, schedule = out / RUN_FILE, schedule_of(job.recipe)
+    if not (job.resume and path.is_file()):
+        return {"command": list(job.argv), "schedule": schedule}
+    try:
+        origin = json.loads(path.read_text())
+        changed = _changes(origin["schedule"], schedule)
+    except (ValueError, KeyError, TypeError):
+        raise RunDirError(
+            f"{path}: damaged (not adntn's run record); start over with --force"
+        ) from None
+    if changed and not job.allow_schedule_change:
+        raise RunDirError(
+            f"--resume with another schedule than the run's ({'; '.join(changed[:3])}): resume "
+            "with the recipe it started with, pass --allow-schedule-change to continue under "
+            "the new one (the learning-rate schedule is not replanned), or --force to start over"
+        )
+    if changed:
+        log.warning("resuming under a changed schedule: %s", "; ".join(changed))
+    resume = {"command": list(job.argv), "schedule_changed": changed}
+    return {**origin, "schedule": schedule, "resumes": [*origin.get("resumes", []), resume]}
+
+
+def check_classes(data: Datasets, num_classes: int, spec: str, *, allowed: bool) -> None:
+    """Refuse data whose class count is not the classifier's, unless the user says it is meant."""
+    if data.num_classes != num_classes and not allowed:
+        raise DataError(
+            f"{spec} has {data.num_classes} classes, the model's classifier {num_classes}: use "
+            f"data of {num_classes} classes, or pass --allow-class-mismatch if this is meant "
+            f"(labels must be below {num_classes})"
+        )
 
 
 def _unpickled_teacher(job: CompressJob, device: torch.device) -> tuple[nn.Module, str, int]:
@@ -303,11 +370,14 @@ def evaluate(job: CompressJob, run: Run) -> Accuracy:
 
 def write(job: CompressJob, run: Run, acc: Accuracy) -> CompressionReport:
     """model.safetensors, report.json, report.md, metrics.csv and recipe.resolved.yaml (rank 0)."""
-    resolved = resolved_recipe(job.recipe, run.plan)
+    resolved = resolved_recipe(job.recipe, run.plan, data=job.data)
     model_path = run.out / "model.safetensors"
+    pre = run.datasets.preprocess
     size = save_compressed(
         run.student, model_path, arch=run.arch, num_classes=run.num_classes,
         recipe=resolved, dtype=CORES_DTYPES[job.cores_dtype],
+        preprocess=pre.at(job.recipe.model.input_size).to_dict() if pre else None,
+        classes=run.datasets.classes,
     )  # fmt: skip
     report = CompressionReport(
         recipe=job.source,
@@ -320,7 +390,8 @@ def write(job: CompressJob, run: Run, acc: Accuracy) -> CompressionReport:
         precision=run.amp.name,
         channels_last=run.channels_last,
         processes=run.dist.world,
-        command=list(job.argv),
+        command=run.command,
+        resumes=run.resumes,
         versions=_versions(),
         git_commit=_git_commit(),
         layers=[lp.record for lp in run.plan.layers],

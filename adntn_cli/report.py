@@ -189,7 +189,8 @@ class CompressionReport(_Record):
     precision: str | None = None
     channels_last: bool | None = None
     processes: int | None = None
-    command: list[str] | None = None
+    command: list[str] | None = None  # the command that started the run
+    resumes: list[dict[str, Any]] | None = None  # each --resume: its command, what it changed
     versions: dict[str, str] | None = None
     git_commit: str | None = None
     accuracy: Accuracy | None = None
@@ -209,7 +210,7 @@ class CompressionReport(_Record):
     def _items(self) -> Iterator[tuple[str, Any]]:
         order = (
             "recipe", "model", "arch", "adntn_version", "data", "data_description", "seed",
-            "device", "precision", "channels_last", "processes", "command", "versions",
+            "device", "precision", "channels_last", "processes", "command", "resumes", "versions",
             "git_commit", "layers", "totals", "accuracy", "layerwise", "compiled",
             "frozen_prefix", "batchnorm_recalibrated", "finetune", "files", "seconds",
         )  # fmt: skip

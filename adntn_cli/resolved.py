@@ -39,9 +39,12 @@ def layer_entry(layer: str, s: Any) -> dict[str, Any]:
     return entry
 
 
-def resolved_recipe(recipe: Recipe, p: Plan) -> dict[str, Any]:
-    """The recipe with every selector resolved to exact layers and every bond dimension fixed."""
-    data = recipe.model_dump(by_alias=True, exclude_none=True)
-    data["layers"] = [layer_entry(lp.layer, lp.spec) for lp in p.layers]
-    data.pop("defaults", None)
-    return data
+def resolved_recipe(recipe: Recipe, p: Plan, *, data: str | None = None) -> dict[str, Any]:
+    """The recipe with every selector resolved to exact layers and every bond dimension fixed,
+    and ``data.train`` the data the run actually used (``data``: ``--data`` or the recipe's)."""
+    out = recipe.model_dump(mode="json", by_alias=True, exclude_none=True)
+    if data is not None:
+        out.setdefault("data", {})["train"] = data
+    out["layers"] = [layer_entry(lp.layer, lp.spec) for lp in p.layers]
+    out.pop("defaults", None)
+    return out

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 
 from .app import app, handle_errors, out
-from .options import Arch, Json, Model, RecipeOpt
+from .options import AllowClassMismatch, Arch, Json, Model, RecipeOpt
 
 if TYPE_CHECKING:
     from ..report import CompressionReport
@@ -37,7 +37,11 @@ def compress(
     recipe: RecipeOpt,
     data: Annotated[
         str | None,
-        typer.Option("--data", help="digits, synthetic[:N], imagefolder:PATH, cifar10:PATH, ..."),
+        typer.Option(
+            "--data",
+            help="digits, synthetic[:N], imagefolder:PATH, fashion-mnist:PATH, mnist:PATH, "
+            "cifar10:PATH, ...",
+        ),
     ] = None,
     out_dir: Annotated[
         Path | None, typer.Option("--out", help="Run directory (default: runs/<recipe>-<n>).")
@@ -73,6 +77,15 @@ def compress(
             "fp32 (default: the recipe's distill.precision).",
         ),
     ] = None,
+    allow_class_mismatch: AllowClassMismatch = False,
+    allow_schedule_change: Annotated[
+        bool,
+        typer.Option(
+            "--allow-schedule-change",
+            help="With --resume: continue although the recipe's schedule changed (said and "
+            "recorded).",
+        ),
+    ] = False,
     quiet: Quiet = False,
     json_: Json = False,
 ) -> None:
@@ -82,6 +95,7 @@ def compress(
       adntn compress teacher.pt --arch vgg16 --recipe vgg16 --data imagefolder:/data/imagenet
       adntn compress torchvision:resnet18 --recipe my.yaml --data synthetic:256 --out runs/try
       adntn compress teacher.pt --recipe demo --out runs/demo --resume
+      adntn compress t.pth -r alexnet-10 --data fashion-mnist:/usr/share/datasets/fashion-mnist
       torchrun --nproc_per_node=8 -m adntn_cli compress teacher.pt --recipe vgg16 --data ...
     """
     import json
@@ -95,6 +109,7 @@ def compress(
         model, recipe, data=data, out=out_dir, device=device, seed=seed, resume=resume,
         force=force, arch=arch, allow_pickle=allow_pickle, argv=["adntn", *sys.argv[1:]],
         cores_dtype=cores_dtype, compile_mode=compile_mode, precision=precision,
+        allow_class_mismatch=allow_class_mismatch, allow_schedule_change=allow_schedule_change,
     )  # fmt: skip
     main_process = from_env().main  # under torchrun only rank 0 prints
     with Reporter(quiet or not main_process) as reporter:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.markup import escape
@@ -12,9 +12,10 @@ from rich.table import Table
 
 from .app import app, handle_errors, out
 from .compress import Device
-from .options import Arch, Json, NumClasses
+from .options import AllowClassMismatch, Arch, Json, NumClasses
 
 if TYPE_CHECKING:
+    from ..preprocess import Preprocess
     from ..report import EvalResult
 
 Source = Annotated[
@@ -25,21 +26,35 @@ Source = Annotated[
 ]
 
 
-def measure(source: str, data: str, *, arch, num_classes, input_size, batch, device) -> EvalResult:
+def measure(
+    source: str, data: str, *, preprocess: Preprocess | None = None, **options: Any
+) -> tuple[EvalResult, Preprocess | None]:
+    """Evaluate ``source`` on the validation split of ``data``; images prepared as the
+    compressed file recorded, else as ``preprocess`` (the model compared with), else by the
+    source's defaults. ``options``: arch, num_classes, input_size, batch, device,
+    allow_class_mismatch."""
+    from torch.utils.data import DataLoader
 
-    from ..data import loaders, make_datasets
+    from ..data import make_datasets
     from ..devices import resolve_device
     from ..evaluate import accuracy, count_params, latency, runtime_bytes
     from ..io import load_any
+    from ..job import check_classes
+    from ..preprocess import Preprocess
     from ..report import EvalResult
     from .resolve import compressed_file
 
-    dev = resolve_device(device)
-    model, info = load_any(str(compressed_file(Path(source))), arch, num_classes, device=dev)
-    size = input_size or info["input_size"] or 224
-    classes = _probe(model, source, size, dev, given=input_size is not None)
-    _, val = loaders(make_datasets(data, size, classes), batch)
-    acc = accuracy(model, val, dev)
+    o = options
+    dev = resolve_device(o["device"])
+    target = str(compressed_file(Path(source)))
+    model, info = load_any(target, o["arch"], o["num_classes"], device=dev)
+    size = o["input_size"] or info["input_size"] or 224
+    classes = _probe(model, source, size, dev, given=o["input_size"] is not None)
+    recorded = info.get("preprocessing")
+    pre = Preprocess.from_dict(recorded) if recorded else preprocess
+    sets = make_datasets(data, size, classes, preprocess=pre, train=False)
+    check_classes(sets, classes, data, allowed=o["allow_class_mismatch"])
+    acc = accuracy(model, DataLoader(sets.val, o["batch"]), dev)
     return EvalResult(
         model=source,
         kind=info["kind"],
@@ -49,13 +64,13 @@ def measure(source: str, data: str, *, arch, num_classes, input_size, batch, dev
         val_images=acc["n"],
         file_bytes=info["file_bytes"],
         params=count_params(model),
-        **runtime_bytes(model, batch),
+        **runtime_bytes(model, o["batch"]),
         latency_ms={
             str(b): round(1e3 * latency(model, (3, size, size), b, dev), 3) for b in (1, 64)
         },
         device=str(dev),
         input_size=size,
-    )
+    ), sets.preprocess
 
 
 def _probe(model, source: str, size: int, device, *, given: bool) -> int:
@@ -87,7 +102,10 @@ def _fmt_bytes(n) -> str:
 def eval_(
     model: Source,
     data: Annotated[
-        str, typer.Option("--data", help="digits, imagefolder:PATH, cifar10:PATH, ...")
+        str,
+        typer.Option(
+            "--data", help="digits, imagefolder:PATH, fashion-mnist:PATH, cifar10:PATH, ..."
+        ),
     ],
     baseline: Annotated[
         str | None, typer.Option("--baseline", help="A model to compare with (e.g. the teacher).")
@@ -99,9 +117,13 @@ def eval_(
     ] = None,
     batch: Annotated[int, typer.Option("--batch", min=1, help="Evaluation batch size.")] = 64,
     device: Device = "auto",
+    allow_class_mismatch: AllowClassMismatch = False,
     json_: Json = False,
 ) -> None:
     """Measure MODEL: top-1, top-5, loss, file size, parameters, runtime memory, latency.
+
+    Only the validation split is read (imagefolder: PATH/val). Images are prepared as the
+    compressed file records (the recipe's preprocessing), and a baseline as its model.
 
     A compressed model caches its generated weights in eval mode, so its runtime memory is the
     dense model's; the contract schedule's memory (layers that never form their weight) is shown
@@ -112,11 +134,11 @@ def eval_(
       adntn eval model.safetensors --data imagefolder:/data/imagenet --json
     """
     kw = {"arch": arch, "num_classes": num_classes, "input_size": input_size, "batch": batch,
-          "device": device}  # fmt: skip
-    result = measure(model, data, **kw)
-    if baseline:
+          "device": device, "allow_class_mismatch": allow_class_mismatch}  # fmt: skip
+    result, pre = measure(model, data, **kw)
+    if baseline:  # prepared as the model was: a teacher records no preprocessing of its own
         kw["input_size"] = input_size or result.input_size
-        result = result.against(measure(baseline, data, **kw))
+        result = result.against(measure(baseline, data, preprocess=pre, **kw)[0])
     if json_:
         typer.echo(json.dumps(result.to_dict(), indent=1))
         return

@@ -24,3 +24,10 @@ RecipeOpt = Annotated[
     str, typer.Option("--recipe", "-r", help="A recipe file, or a shipped recipe by name.")
 ]
 Json = Annotated[bool, typer.Option("--json", help="Print one JSON object for scripts.")]
+AllowClassMismatch = Annotated[
+    bool,
+    typer.Option(
+        "--allow-class-mismatch",
+        help="Accept data with another class count than the model's classifier.",
+    ),
+]

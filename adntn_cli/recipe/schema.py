@@ -163,10 +163,36 @@ class Distill(_Strict):
         return v
 
 
+Interpolation = Literal["bilinear", "bicubic", "nearest"]
+Augment = Literal["none", "flip", "imagenet"]
+Stat = Annotated[float, Field(ge=-10, le=10)]
+
+
 class Data(_Strict):
+    """The data and its preprocessing; unset preprocessing keys take the source's defaults
+    (docs/recipes.md has the table)."""
+
     train: str | None = Field(default=None, description="digits, imagefolder:PATH, ...")
     batch_size: PositiveInt = 64
     workers: int = Field(default=0, ge=0)
+    mean: Stat | list[Stat] | None = Field(default=None, description="one value or R, G, B")
+    std: Annotated[float, Field(gt=0)] | list[Annotated[float, Field(gt=0)]] | None = Field(
+        default=None, description="one value or R, G, B"
+    )
+    resize: PositiveInt | None = Field(default=None, description="short side before the crop")
+    crop: PositiveInt | None = Field(default=None, description="centre crop (default: input)")
+    interpolation: Interpolation | None = None
+    augment: Augment | None = Field(
+        default=None, description="training images: none, flip, or imagenet (crop and flip)"
+    )
+    crop_scale: (
+        tuple[Annotated[float, Field(gt=0, le=1)], Annotated[float, Field(gt=0, le=1)]] | None
+    ) = Field(default=None, description="area range of augment: imagenet's random crop (0.08 to 1)")
+
+    def preprocessing(self) -> dict[str, Any]:
+        """The preprocessing keys this recipe sets (the rest are the source's defaults)."""
+        keys = ("mean", "std", "resize", "crop", "interpolation", "augment", "crop_scale")
+        return {k: v for k in keys if (v := getattr(self, k)) is not None}
 
 
 class Recipe(_Strict):
