@@ -160,6 +160,7 @@ class Run:
     num_classes: int = 0
     command: list[str] = field(default_factory=list)  # the command that started the run
     resumes: list[dict[str, Any]] | None = None
+    origin: dict[str, Any] = field(default_factory=dict)  # run.json
     plan: Plan | None = None
     datasets: Datasets | None = None
     student: nn.Module | None = None
@@ -215,9 +216,11 @@ def load_inputs(job: CompressJob, run: Run) -> None:
     check_classes(run.datasets, run.num_classes, job.data, allowed=job.allow_class_mismatch)
     origin = run_origin(job, run.out)  # checked before anything in the folder changes
     run.command, run.resumes = origin["command"], origin.get("resumes")
+    run.origin = origin
     if run.dist.main:
         prepare_run_dir(run.out, resume=job.resume, force=job.force)
-        write_text(run.out / RUN_FILE, json.dumps(origin, indent=1) + "\n")
+        if not job.resume:  # a resume's record is written with its results (see write)
+            write_text(run.out / RUN_FILE, json.dumps(origin, indent=1) + "\n")
     distributed.barrier(run.dist)
 
 
@@ -372,12 +375,12 @@ def write(job: CompressJob, run: Run, acc: Accuracy) -> CompressionReport:
     """model.safetensors, report.json, report.md, metrics.csv and recipe.resolved.yaml (rank 0)."""
     resolved = resolved_recipe(job.recipe, run.plan, data=job.data)
     model_path = run.out / "model.safetensors"
-    pre = run.datasets.preprocess
+    pre, names = run.datasets.preprocess, run.datasets.classes
     size = save_compressed(
         run.student, model_path, arch=run.arch, num_classes=run.num_classes,
         recipe=resolved, dtype=CORES_DTYPES[job.cores_dtype],
         preprocess=pre.at(job.recipe.model.input_size).to_dict() if pre else None,
-        classes=run.datasets.classes,
+        classes=names if names and len(names) == run.num_classes else None,
     )  # fmt: skip
     report = CompressionReport(
         recipe=job.source,
@@ -406,6 +409,7 @@ def write(job: CompressJob, run: Run, acc: Accuracy) -> CompressionReport:
         seconds=round(time.time() - run.started, 1),
         run_dir=str(run.out),
     )
+    write_text(run.out / RUN_FILE, json.dumps(run.origin, indent=1) + "\n")
     write_text(run.out / "report.json", json.dumps(report.to_dict(), indent=1) + "\n")
     write_text(run.out / "report.md", to_markdown(report))
     write_text(run.out / "metrics.csv", metrics_csv(run.history["history"]))

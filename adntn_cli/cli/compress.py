@@ -17,6 +17,13 @@ if TYPE_CHECKING:
 Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="No progress output.")]
 Device = Annotated[str, typer.Option("--device", help="auto, cpu, cuda, cuda:N or mps.")]
 Seed = Annotated[int, typer.Option("--seed", help="Seed for initialisation, data order, dropout.")]
+AllowScheduleChange = Annotated[
+    bool,
+    typer.Option(
+        "--allow-schedule-change",
+        help="With --resume: continue although the recipe's schedule changed (said, recorded).",
+    ),
+]
 
 
 def summary(report: CompressionReport) -> str:
@@ -78,14 +85,7 @@ def compress(
         ),
     ] = None,
     allow_class_mismatch: AllowClassMismatch = False,
-    allow_schedule_change: Annotated[
-        bool,
-        typer.Option(
-            "--allow-schedule-change",
-            help="With --resume: continue although the recipe's schedule changed (said and "
-            "recorded).",
-        ),
-    ] = False,
+    allow_schedule_change: AllowScheduleChange = False,
     quiet: Quiet = False,
     json_: Json = False,
 ) -> None:
@@ -96,7 +96,6 @@ def compress(
       adntn compress torchvision:resnet18 --recipe my.yaml --data synthetic:256 --out runs/try
       adntn compress teacher.pt --recipe demo --out runs/demo --resume
       adntn compress t.pth -r alexnet-10 --data fashion-mnist:/usr/share/datasets/fashion-mnist
-      torchrun --nproc_per_node=8 -m adntn_cli compress teacher.pt --recipe vgg16 --data ...
     """
     import json
 
