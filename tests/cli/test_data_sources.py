@@ -19,7 +19,7 @@ from adntn_cli.data import make_datasets
 from adntn_cli.fileformat import read_header
 from adntn_cli.models import build_model
 from adntn_cli.pipeline import compress as run_compress
-from tests.cli.tiny import tiny_recipe
+from tests.cli.tiny import cli_error, cli_ok, tiny_recipe
 
 register_commands()
 runner = CliRunner()
@@ -49,15 +49,7 @@ def _run(*args):
     return runner.invoke(app, [str(a) for a in args])
 
 
-def _ok(result) -> str:
-    assert result.exit_code == 0, result.output
-    return result.stdout
-
-
-def _error(result) -> str:
-    assert result.exit_code == 2, result.output
-    assert "Traceback" not in result.output
-    return result.stderr.strip().splitlines()[-1]
+_ok, _error = cli_ok, cli_error
 
 
 @pytest.fixture()

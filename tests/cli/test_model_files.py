@@ -16,7 +16,7 @@ from typer.testing import CliRunner
 
 from adntn_cli.cli.app import app, register_commands
 from adntn_cli.models import build_model
-from tests.cli.tiny import tiny_recipe
+from tests.cli.tiny import cli_error, cli_ok, tiny_recipe
 
 register_commands()
 runner = CliRunner()
@@ -55,17 +55,7 @@ def _run(*args: str):
     return runner.invoke(app, [str(a) for a in args])
 
 
-def _ok(result) -> str:
-    assert result.exit_code == 0, result.output
-    return result.stdout
-
-
-def _error(result) -> str:
-    assert result.exit_code == 2, result.output
-    assert "Traceback" not in result.output
-    lines = result.stderr.strip().splitlines()
-    assert lines[-1].startswith("error: "), result.stderr
-    return lines[-1]
+_ok, _error = cli_ok, cli_error
 
 
 # -- checkpoints people have -------------------------------------------------------------------

@@ -35,3 +35,18 @@ def compress_command(folder: Path, out: Path, *extra: str, seed: int) -> list[st
     return [sys.executable, "-m", "adntn_cli.cli", "compress", str(folder / "t.pt"), "--recipe",
             str(folder / "r.yaml"), "--data", "synthetic:64", "--device", "cpu", "--seed",
             str(seed), "--out", str(out), *extra]  # fmt: skip
+
+
+def cli_ok(result) -> str:
+    """A CliRunner result that exited 0: its stdout (notes go to stderr)."""
+    assert result.exit_code == 0, result.output
+    return result.stdout
+
+
+def cli_error(result) -> str:
+    """A CliRunner result that exited 2 without a traceback: its last ``error:`` line."""
+    assert result.exit_code == 2, result.output
+    assert "Traceback" not in result.output
+    lines = result.stderr.strip().splitlines()
+    assert lines[-1].startswith("error: "), result.stderr
+    return lines[-1]
