@@ -44,9 +44,14 @@ def test_an_adntn1_file_written_by_the_old_code_loads_with_identical_logits():
     header = read_header(path)
     assert header.version == 1 and header.layers is None and header.input_size == 32
     expected = load_file(str(FIXTURES / "format1_expected.safetensors"))
+    model = load_compressed(path)
+    stored = load_file(str(path))  # every tensor as the file holds it
+    assert all(torch.equal(model.state_dict()[k], v) for k, v in stored.items())
     with torch.no_grad():
-        logits = load_compressed(path)(expected["images"])
-    torch.testing.assert_close(logits, expected["logits"], rtol=0, atol=0)
+        logits = model(expected["images"])
+    # The same model: the logits differ from the recorded ones only by float32 rounding where a
+    # later adntn contracts in another order (#14: mera and augttn contract at this batch now).
+    torch.testing.assert_close(logits, expected["logits"], rtol=1e-5, atol=1e-6)
     assert len(file_report(path).layers) == 6
 
 

@@ -21,8 +21,10 @@ weight is never formed.
 from __future__ import annotations
 
 import math
+import random
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import opt_einsum as oe
 import torch
@@ -136,15 +138,33 @@ def merge_linear(steps: Sequence[Step]) -> list[Step]:
 
 
 SEQUENTIAL_ABOVE = 10  # operands; below this a dp search is fast and at least as good
+DP_MAX = 12  # operands; dp's search grows exponentially (23 operands: about 30 s)
+RANDOM_GREEDY_REPEATS = 64  # seeded trials: the same path on every machine, in bounded time
 
 
-def _optimizer(n_operands: int, sequential: bool) -> str | list[tuple[int, int]]:
-    """Path search by size; a sweep (``[(0, 1), (0, last), ...]``) for long sequential steps."""
+def _optimizer(n_operands: int, sequential: bool) -> str | list[tuple[int, int]] | Any:
+    """Path search by size: exhaustive for a few operands, dp up to ``DP_MAX``, then a fixed
+    number of seeded random-greedy trials (deterministic, a fraction of a second); a sweep
+    (``[(0, 1), (0, last), ...]``) for long sequential steps."""
     if sequential and n_operands > SEQUENTIAL_ABOVE:
         return [(0, 1)] + [(0, n - 1) for n in range(n_operands - 1, 1, -1)]
     if n_operands <= 4:
         return "optimal"
-    return "dp" if n_operands <= 24 else "greedy"
+    if n_operands <= DP_MAX:
+        return "dp"
+    return oe.RandomGreedy(max_repeats=RANDOM_GREEDY_REPEATS)
+
+
+def _contract_path(eq: str, shapes: list[tuple[int, ...]], optimize: Any, memory_limit: int | None):
+    """``oe.contract_path`` on shapes; random-greedy reseeds Python's ``random`` per trial, so
+    its state is put back (a search must not change anyone's random numbers)."""
+    state = random.getstate()
+    try:
+        return oe.contract_path(
+            eq, *shapes, shapes=True, optimize=optimize, memory_limit=memory_limit
+        )
+    finally:
+        random.setstate(state)
 
 
 def _path_cost(info: oe.contract.PathInfo) -> PathCost:
@@ -168,6 +188,7 @@ class _Compiled:
         sizes: Mapping[str, int],
         memory_limit: int | None,
         rank: Mapping[str, float],
+        path: list[tuple[int, ...]] | None = None,
     ) -> None:
         self.step = step
         self.activation = get_activation(step.activation)
@@ -175,11 +196,9 @@ class _Compiled:
         self.symbols = {name: oe.get_symbol(k) for k, name in enumerate(names)}
         self.eq = self._equation([op.indices for op in step.operands], step.out_indices)
         self.shapes = [tuple(sizes[i] for i in op.indices) for op in step.operands]
-        opt = _optimizer(len(self.shapes), step.sequential)
+        opt = path if path is not None else _optimizer(len(self.shapes), step.sequential)
         try:
-            path, info = oe.contract_path(
-                self.eq, *self.shapes, shapes=True, optimize=opt, memory_limit=memory_limit
-            )
+            path, info = _contract_path(self.eq, self.shapes, opt, memory_limit)
         except RuntimeError as err:  # opt_einsum: "No contraction found for given memory_limit"
             if "memory_limit" not in str(err):
                 raise
@@ -193,6 +212,7 @@ class _Compiled:
             final = tuple(sorted(step.out_indices, key=lambda i: rank[i]))
             self.plans = [PairPlan((0,), "einsum", final, eq=self._equation(terms, final))]
         self.final_perm = tuple(final.index(i) for i in step.out_indices)
+        self.path = [tuple(p) for p in path]
         cost = _path_cost(info)
         out_elems = math.prod(sizes[i] for i in step.out_indices)
         if not self.activation.linear:  # the activation writes the output once more
@@ -235,6 +255,7 @@ class Program:
             raise AssertionError(f"final step indices {final.out_indices} != weight {expected}")
         self.memory_limit = memory_limit
         self._contract_cache: dict[int, tuple[_Compiled, PathCost]] = {}
+        self._contract_paths: dict[int, list[tuple[int, ...]]] = {}  # batch bucket -> path
         cores = set(self.core_names)
         own = [op.name for op in final.operands if op.name in cores]
         # The output scale is folded into the final step's smallest core when the output is linear.
@@ -293,12 +314,21 @@ class Program:
 
     # -- the contract schedule ---------------------------------------------------------------
     def _contract_step(self, batch: int) -> tuple[_Compiled, PathCost]:
+        """The final step with ``x`` as one more operand, compiled for ``batch``. Its path is
+        searched once per power-of-two bucket of batch sizes and reused (re-costed) for every
+        batch in the bucket."""
         if batch not in self._contract_cache:
             final = self.steps[-1].step
             x = Operand(BATCH, (BATCH, *self.network.w_in))
             step = Step("y", (*final.operands, x), (BATCH, *self.network.w_out), "identity")
+            bucket = 1 << max(0, batch - 1).bit_length()
+            if bucket not in self._contract_paths:
+                sizes = {**self.sizes, BATCH: bucket}
+                searched = _Compiled(step, sizes, self.memory_limit, self.rank)
+                self._contract_paths[bucket] = searched.path
             sizes = {**self.sizes, BATCH: batch}
-            compiled = _Compiled(step, sizes, self.memory_limit, self.rank)
+            path = self._contract_paths[bucket]
+            compiled = _Compiled(step, sizes, self.memory_limit, self.rank, path=path)
             self._contract_cache[batch] = (compiled, self._prefix_cost() + compiled.cost)
         return self._contract_cache[batch]
 

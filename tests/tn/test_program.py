@@ -89,14 +89,21 @@ def test_contract_needs_fewer_macs_than_the_dense_matmul_for_fc6():
         ("tt", {}),
         ("lowrank", {}),
         ("augttn", {"disentangler": "separable"}),
+        ("augttn", {}),  # full disentanglers: x meets the mixed legs, and still contracts
+        ("augttn", {"mixing": "siblings"}),
+        ("mera", {}),
+        ("mera", {"top_legs": 3}),
     ],
 )
 @pytest.mark.parametrize("shape", [(24, 40), (97, 13)])
-def test_both_schedules_give_the_same_outputs_and_gradients(structure, options, shape):
+@pytest.mark.parametrize("batch", [(1,), (7,), (5, 2)])
+def test_both_schedules_give_the_same_outputs_and_gradients(structure, options, shape, batch):
+    """Every structure whose final step is linear contracts, exactly (float64), padded shapes
+    included (97 and 13 are prime: both sides are padded)."""
     gen = make(structure, shape, bond_dim=3, options=options)
     assert gen.contractible
-    x = torch.randn(5, 2, shape[1], dtype=torch.float64, requires_grad=True)
-    r = torch.randn(5, 2, shape[0], dtype=torch.float64)
+    x = torch.randn(*batch, shape[1], dtype=torch.float64, requires_grad=True)
+    r = torch.randn(*batch, shape[0], dtype=torch.float64)
 
     def run(schedule):
         gen.zero_grad()
@@ -116,8 +123,8 @@ def test_both_schedules_give_the_same_outputs_and_gradients(structure, options, 
 
 def test_structures_that_cannot_contract_say_so():
     for gen in (
-        make("mera", (64, 96)),
-        make("augttn", (64, 96)),
+        make("mera", (64, 96), output_activation="tanh"),
+        make("augttn", (64, 96), output_activation="tanh"),
         make("ttn", (64, 96), output_activation="tanh"),
         make("ttn", (8, 4, 3, 3)),
     ):

@@ -94,4 +94,4 @@ class AugTTN(TreeMixin, Structure):
         label = f"root + {len(pairs)} {form} disentanglers"
         b.step("w", ops, b.w_out + b.w_in, spec.output_activation, label)
         linear_out = spec.output_activation == "identity"
-        return b.network(contractible=form == "separable" and linear_out, form=form)
+        return b.network(contractible=linear_out, form=form)

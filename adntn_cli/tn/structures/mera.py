@@ -140,4 +140,5 @@ class MERA(Structure):
                 b.step("w", ops, out_idx, spec.output_activation, label, sequential=True)
         caps = [max(bl) for bl in below[1:]][::-1]
         hint = f"mera bonds above {caps} (coarse to fine) only grow the state"
-        return b.network(contractible=False, hint=hint, caps=caps)
+        linear_out = spec.output_activation == "identity"
+        return b.network(contractible=linear_out, hint=hint, caps=caps)
