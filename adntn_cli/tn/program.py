@@ -138,7 +138,7 @@ def merge_linear(steps: Sequence[Step]) -> list[Step]:
 
 
 SEQUENTIAL_ABOVE = 10  # operands; below this a dp search is fast and at least as good
-DP_MAX = 12  # operands; dp's search grows exponentially (23 operands: about 30 s)
+DP_MAX = 16  # operands; dp grows exponentially (16: about 2 s; 23: about 30 s)
 RANDOM_GREEDY_REPEATS = 64  # seeded trials: the same path on every machine, in bounded time
 
 

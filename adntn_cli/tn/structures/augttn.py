@@ -17,14 +17,15 @@ boundaries (the tree pairs ``(0,1), (2,3), ...``)::
 Two forms (option ``disentangler``):
 
 - ``full`` (default): ``U[(o_a i_a)(o_b i_b), (o_a i_a)(o_b i_b)]``, ``(d_a d_b)^2`` parameters.
-  It mixes input with output legs, so it acts on the weight only (materialise schedule); the
+  It mixes input with output legs; with a linear root the input still contracts through it (the
+  path search finds an order that never forms ``W``), and the cost model picks the schedule. The
   automatic factorisation keeps its legs at ``d <= 4``. Cost: ``d_a d_b`` multiply-adds per entry
   of whatever tensor it meets; the path search applies the disentanglers inside a subtree to that
   subtree (small) and only the one straddling the root split to a tensor of ``|W|`` entries.
 - ``separable``: ``U^o[o_a o_b, o_a~ o_b~]`` and ``U^i[i_a i_b, i_a~ i_b~]``, never mixing an input
   leg with an output leg: ``(o_a o_b)^2 + (i_a i_b)^2`` parameters. Because it maps inputs and
   outputs separately it can be applied to the activations (``x`` through ``U^i``, the tree, then
-  ``U^o``), so the contract schedule applies; legs of ``d <= 16``.
+  ``U^o``); legs of ``d <= 16``.
 
 Option ``leg_dim`` overrides the bound on the automatic legs (smaller legs, cheaper
 disentanglers, higher reachable ratios).
@@ -93,5 +94,4 @@ class AugTTN(TreeMixin, Structure):
                     ops.append(b.core(name, (*out, *pre), init="identity", n_out=len(out)))
         label = f"root + {len(pairs)} {form} disentanglers"
         b.step("w", ops, b.w_out + b.w_in, spec.output_activation, label)
-        linear_out = spec.output_activation == "identity"
-        return b.network(contractible=linear_out, form=form)
+        return b.network(form=form)

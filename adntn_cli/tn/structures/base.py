@@ -106,8 +106,11 @@ class Builder:
         self.steps.append(step)
         return Operand(out, tuple(out_indices))
 
-    def network(self, contractible: bool, **info: Any) -> Network:
+    def network(self, **info: Any) -> Network:
+        """The network laid out so far. It is eligible for the contract schedule exactly when its
+        final step is linear (then ``x`` can join that step); no structure decides otherwise."""
         info.setdefault("bond_dim", [self.used[k] for k in sorted(self.used)])
+        contractible = get_activation(self.steps[-1].activation).linear
         return Network(
             self.sizes, self.cores, self.steps, self.w_out, self.w_in, contractible, info, self.rank
         )

@@ -38,4 +38,4 @@ class LowRank(Structure):
         u = b.core("u", (*b.leg(0, part="o"), r))
         v = b.core("v", (r, *b.leg(0, part="i")))
         b.step("w", [u, v], b.w_out + b.w_in, "identity", "U V")
-        return b.network(contractible=True)
+        return b.network()

@@ -48,4 +48,4 @@ class TT(Structure):
             right = (bonds[k],) if k < n - 1 else ()
             ops.append(b.core(f"core{k}", (*left, *b.leg(k), *right)))
         b.step("w", ops, b.w_out + b.w_in, "identity", "chain")
-        return b.network(contractible=True)
+        return b.network()

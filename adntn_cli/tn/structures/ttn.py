@@ -141,5 +141,4 @@ class TTN(TreeMixin, Structure):
         left, right = self.tree(b, spec, [b.leg(k) for k in range(tz.n_legs)])
         root = b.core("root", (left.bond, right.bond))
         b.step("w", [left.op, right.op, root], b.w_out + b.w_in, spec.output_activation, "root")
-        linear_out = spec.output_activation == "identity"
-        return b.network(contractible=linear_out)
+        return b.network()
