@@ -139,6 +139,7 @@ def merge_linear(steps: Sequence[Step]) -> list[Step]:
 
 SEQUENTIAL_ABOVE = 10  # operands; below this a dp search is fast and at least as good
 DP_MAX = 16  # operands; dp grows exponentially (16: about 2 s; 23: about 30 s)
+BATCH_BUCKETS = (8, 256, 4096)  # contract paths are searched at these batch sizes only
 RANDOM_GREEDY_REPEATS = 64  # seeded trials: the same path on every machine, in bounded time
 
 
@@ -315,13 +316,13 @@ class Program:
     # -- the contract schedule ---------------------------------------------------------------
     def _contract_step(self, batch: int) -> tuple[_Compiled, PathCost]:
         """The final step with ``x`` as one more operand, compiled for ``batch``. Its path is
-        searched once per power-of-two bucket of batch sizes and reused (re-costed) for every
-        batch in the bucket."""
+        searched once per bucket of batch sizes (``BATCH_BUCKETS``: at most three searches) at
+        the bucket's size, and reused, re-costed, for every batch in it."""
         if batch not in self._contract_cache:
             final = self.steps[-1].step
             x = Operand(BATCH, (BATCH, *self.network.w_in))
             step = Step("y", (*final.operands, x), (BATCH, *self.network.w_out), "identity")
-            bucket = 1 << max(0, batch - 1).bit_length()
+            bucket = next(b for b in BATCH_BUCKETS if batch <= b or b == BATCH_BUCKETS[-1])
             if bucket not in self._contract_paths:
                 sizes = {**self.sizes, BATCH: bucket}
                 searched = _Compiled(step, sizes, self.memory_limit, self.rank)
