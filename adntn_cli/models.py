@@ -194,7 +194,7 @@ def inspect_model(
     if file.adntn_format is not None:
         raise ModelError(
             f"{path} is already compressed (format {file.adntn_format}): eval, report or export "
-            "it; compress, plan and layers start from a dense model"
+            "it; compress and plan start from a dense model"
         )
     name = arch or recipe_arch or _recorded_arch(file)
     shapes = file.shapes
