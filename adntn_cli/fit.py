@@ -10,7 +10,6 @@ already compressed.
 from __future__ import annotations
 
 import functools
-import logging
 from collections.abc import Mapping
 
 from .errors import ModelError
@@ -18,7 +17,6 @@ from .errors import ModelError
 __all__ = ["check_fit", "classes_in", "likely_archs", "signature"]
 
 Shapes = Mapping[str, tuple[int, ...]]
-log = logging.getLogger("adntn")
 
 
 @functools.cache

@@ -192,7 +192,7 @@ def load_any(
     """A compressed file, a dense model file or ``torchvision:NAME``; returns it and facts
     about it (``kind``, ``file_bytes``, ``arch``; ``input_size`` and ``preprocessing`` where the
     file records them)."""
-    from .models import inspect_model, load_model
+    from .models import inspect_model, load_model, load_source
 
     path = Path(source)
     if is_compressed(path):
@@ -205,7 +205,7 @@ def load_any(
         info = {"kind": "dense", "arch": arch or type(model).__name__.lower(), "input_size": None}
     else:
         found = inspect_model(source, arch, num_classes)
-        model = load_model(source, found.arch, found.num_classes, device=device)
+        model = load_source(found, device)
         info = {"kind": "dense", "arch": found.arch, "input_size": found.input_size}
     info["file_bytes"] = path.stat().st_size if path.exists() else None
     return model.eval(), info

@@ -43,7 +43,7 @@ from .distill import Callback, Event, finetune, layerwise_fit, recalibrate_batch
 from .errors import AdntnError, DataError, RunDirError
 from .evaluate import accuracy, agreement
 from .io import save_compressed
-from .models import load_model
+from .models import load_model, load_source
 from .plan import Plan, apply_plan, model_source, plan
 from .prefix import FrozenPrefix, cache_frozen_prefix
 from .recipe import Recipe, load_recipe
@@ -206,7 +206,7 @@ def load_inputs(job: CompressJob, run: Run) -> None:
     else:
         found = model_source(job.model, job.recipe, arch=job.arch)
         run.arch, run.num_classes = found.arch, found.num_classes
-        run.teacher = load_model(job.model, found.arch, found.num_classes, device=run.device)
+        run.teacher = load_source(found, run.device)  # checked once, read once
     run.teacher.eval()
     run.plan = plan(run.teacher, job.recipe, source=job.source, batch=job.recipe.data.batch_size)
     run.datasets = make_datasets(

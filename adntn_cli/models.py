@@ -31,6 +31,7 @@ __all__ = [
     "inspect_model",
     "known_archs",
     "load_model",
+    "load_source",
     "set_submodule",
 ]
 
@@ -240,14 +241,17 @@ def load_model(
     *,
     allow_pickle: bool = False,
     device: str | torch.device = "cpu",
-    **inspect: str | None,
 ) -> nn.Module:
     """A model from ``torchvision:NAME`` (random weights) or a model file (see modelfile.py):
-    checked by ``inspect_model`` (``inspect`` takes its keywords), then loaded. A pickled whole
-    model is loaded only with ``allow_pickle`` (pickle runs code)."""
+    checked by ``inspect_model``, then loaded. A pickled whole model is loaded only with
+    ``allow_pickle`` (pickle runs code)."""
     if allow_pickle and not source.startswith("torchvision:"):
         return _unpickle(_existing(source), arch, device)
-    found = inspect_model(source, arch, num_classes, **inspect)
+    return load_source(inspect_model(source, arch, num_classes), device)
+
+
+def load_source(found: ModelSource, device: str | torch.device = "cpu") -> nn.Module:
+    """The model ``inspect_model`` checked, its weights read now (random for torchvision:)."""
     return _build(found, read_model_file(found.file.path).state if found.file else None, device)
 
 

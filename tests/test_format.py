@@ -17,25 +17,10 @@ from adntn_cli.models import build_model
 from adntn_cli.plan import compress_
 from adntn_cli.recipe import parse_recipe
 from adntn_cli.resolved import resolved_recipe
+from tests.fixtures.make_format1 import RECIPE as FORMAT1_RECIPE
 
 FIXTURES = Path(__file__).parent / "fixtures"
-RECIPE = json.loads(  # the recipe of the adntn/1 fixture: every structure on demo_vgg
-    json.dumps(
-        {
-            "version": 1,
-            "model": {"arch": "demo_vgg", "num_classes": 10, "input_size": 32},
-            "defaults": {"structure": "ttn", "activation": "tanh"},
-            "layers": [
-                {"select": "features.0", "structure": "augttn", "bond_dim": 3},
-                {"select": "features.4", "target_ratio": 20},
-                {"select": "features.8", "structure": "tt", "bond_dim": 4},
-                {"select": "classifier.0", "target_ratio": 2000},
-                {"select": "classifier.3", "structure": "mera", "bond_dim": 3},
-                {"select": "classifier.6", "structure": "lowrank", "bond_dim": 2},
-            ],
-        }
-    )
-)
+RECIPE = FORMAT1_RECIPE  # every structure on demo_vgg, as the adntn/1 fixture has them
 
 
 def test_an_adntn1_file_written_by_the_old_code_loads_with_identical_logits():

@@ -210,13 +210,29 @@ def test_layers_reads_no_weights(tmp_path, monkeypatch):
     st, pt = tmp_path / "m.safetensors", tmp_path / "m.pt"
     save_file(_demo_state(10), str(st))
     torch.save(_demo_state(10), pt)
-    import safetensors.torch
+    import safetensors
 
-    def no_full_read(*args, **kwargs):
-        raise AssertionError("layers read the weights")
+    real_open = safetensors.safe_open
 
-    monkeypatch.setattr(safetensors.torch, "load_file", no_full_read)
+    class HeaderOnly:  # safe_open whose tensors cannot be read
+        def __init__(self, *args, **kwargs):
+            self.f = real_open(*args, **kwargs)
+
+        def __enter__(self):
+            self.inner = self.f.__enter__()
+            return self
+
+        def __exit__(self, *exc):
+            return self.f.__exit__(*exc)
+
+        def __getattr__(self, name):
+            if name == "get_tensor":
+                raise AssertionError("layers read the weights")
+            return getattr(self.inner, name)
+
+    monkeypatch.setattr(safetensors, "safe_open", HeaderOnly)
     _ok(_run("layers", st, "--arch", "demo_vgg"))
+    monkeypatch.undo()
     real = torch.load
 
     def lazy_only(*args, **kwargs):
