@@ -35,7 +35,7 @@ __all__ = [
     "training_checkpoint",
 ]
 
-PROGRESS = ("step", "best_top1", "history", "per_epoch")  # a distillation's progress
+PROGRESS = ("step", "best_top1", "best_step", "history", "per_epoch")  # a distillation's progress
 
 
 def layerwise_checkpoint(
@@ -93,6 +93,7 @@ def restore_training(
     scheduler.load_state_dict(ckpt["scheduler"])
     restore_rng(ckpt, dist, device)
     progress = {k: ckpt[k] for k in ("step", "best_top1", "history")}
+    progress["best_step"] = ckpt.get("best_step")  # absent before adntn recorded it
     progress["step"] = same_place(ckpt["step"], ckpt.get("per_epoch", per_epoch), per_epoch)
     progress["per_epoch"] = per_epoch
     return progress

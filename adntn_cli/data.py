@@ -14,12 +14,19 @@ SPEC strings (``--data`` or the recipe's ``data.train``):
 - ``mnist:PATH`` / ``fashion-mnist:PATH``: the four IDX files, gzipped or raw (see idx.py); the
   official 60,000 / 10,000 splits, grey repeated to three channels.
 
+With ``holdout`` (the recipe's ``data.holdout``), a seeded part of the *training* split is set
+aside as the ``select`` split, on which ``compress`` picks its best checkpoint: the reported
+validation split is never used to choose. The same images are held out whatever ``--seed``
+says (a permutation of seed ``SPLIT_SEED``), under the evaluation transforms (no augmentation).
+
 Image sources are preprocessed as preprocess.py says: each source's defaults, with the recipe's
 ``data:`` keys (mean, std, resize, crop, interpolation, augment, crop_scale) on top.
 """
 
 from __future__ import annotations
 
+import copy
+import dataclasses
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,19 +34,23 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from torch.utils.data import DataLoader, Dataset, Sampler, TensorDataset
+from torch.utils.data import DataLoader, Dataset, Sampler, Subset, TensorDataset
 
 from .errors import DataError
 from .preprocess import Preprocess, resolve_preprocess
 
 __all__ = [
+    "DEFAULT_HOLDOUT",
     "DataSpec",
     "Datasets",
     "EpochSampler",
     "epoch_seed",
+    "holdout_count",
     "loaders",
     "make_datasets",
+    "ordered_loader",
     "parse_data_spec",
+    "train_loader",
 ]
 
 VALID = (
@@ -48,6 +59,7 @@ VALID = (
 )
 PATH_SOURCES = ("imagefolder", "cifar10", "cifar100", "mnist", "fashion-mnist")
 SPLIT_SEED = 0
+DEFAULT_HOLDOUT = (0.1, 5000)  # data.holdout unset: 10% of the training images, at most 5,000
 
 
 @dataclass(frozen=True)
@@ -60,8 +72,9 @@ class DataSpec:
 @dataclass
 class Datasets:
     """The splits of a source; ``train`` is None where only validation was asked for (eval).
-    ``classes`` names the classes where the source has names; ``preprocess`` is what image
-    sources were prepared with (None for digits and synthetic)."""
+    ``select`` is the part of the training split held out to choose a checkpoint on (None: no
+    hold-out); ``classes`` names the classes where the source has names; ``preprocess`` is what
+    image sources were prepared with (None for digits and synthetic)."""
 
     train: Dataset | None
     val: Dataset
@@ -70,6 +83,7 @@ class Datasets:
     augmented: bool = False  # whether a training image differs from one epoch to the next
     classes: list[str] | None = None
     preprocess: Preprocess | None = None
+    select: Dataset | None = None
 
 
 def epoch_seed(seed: int, epoch: int) -> int:
@@ -92,6 +106,38 @@ def parse_data_spec(spec: str) -> DataSpec:
     if kind in PATH_SOURCES and sep and path:
         return DataSpec(kind, Path(path).expanduser())
     raise DataError(f"data {spec!r} is not a data source; valid: {VALID}")
+
+
+def holdout_count(n_train: int, holdout: float | int | None) -> int:
+    """How many of ``n_train`` training images ``holdout`` sets aside: None is the default (10%,
+    at most 5,000), a float below 1 a fraction, an int a count, 0 none."""
+    if holdout is None:
+        fraction, cap = DEFAULT_HOLDOUT
+        return min(cap, max(1, round(fraction * n_train))) if n_train >= 2 else 0
+    if isinstance(holdout, float) and 0 < holdout < 1:
+        count = max(1, round(holdout * n_train))
+    else:
+        count = int(holdout)
+    if count and count >= n_train:
+        raise DataError(
+            f"data.holdout {holdout} leaves no training images (of {n_train}): hold out a "
+            "fraction below 1, a count below the training images, or 0 (no selection)"
+        )
+    return count
+
+
+def _hold_out(
+    train: Dataset, plain: Dataset, holdout: float | int | None
+) -> tuple[Dataset, Dataset | None]:
+    """``train`` less the held-out images, and those images as read from ``plain`` (the same
+    split under the evaluation transforms): a fixed permutation of seed ``SPLIT_SEED``."""
+    count = holdout_count(len(train), holdout)
+    if not count:
+        return train, None
+    g = torch.Generator().manual_seed(SPLIT_SEED)
+    perm = torch.randperm(len(train), generator=g)
+    held, kept = perm[:count].sort().values, perm[count:].sort().values
+    return Subset(train, kept.tolist()), Subset(plain, held.tolist())
 
 
 def _resize(x: torch.Tensor, size: int) -> torch.Tensor:
@@ -202,12 +248,20 @@ def make_datasets(
     *,
     preprocess: Preprocess | dict[str, Any] | None = None,
     train: bool = True,
+    holdout: float | int | None = 0,
 ) -> Datasets:
     """Training and validation sets for ``spec`` at ``image_size`` (see the module docstring).
 
     ``preprocess`` is a resolved ``Preprocess`` (a compressed file's), or the recipe's ``data:``
-    keys over the source's defaults; ``train=False`` reads the validation split alone."""
+    keys over the source's defaults; ``train=False`` reads the validation split alone.
+    ``holdout`` sets part of the training split aside as ``select`` (``holdout_count``: None
+    is the recipe's default, 0 none)."""
     s = parse_data_spec(spec) if isinstance(spec, str) else spec
+    data = _source(s, image_size, num_classes, preprocess, train)
+    return _with_holdout(data, image_size, holdout) if train else data
+
+
+def _source(s: DataSpec, image_size: int, num_classes: int, preprocess, train: bool) -> Datasets:
     if s.kind in ("digits", "synthetic"):
         if isinstance(preprocess, dict):
             resolve_preprocess(s.kind, preprocess)  # refuses keys these sources do not take
@@ -221,6 +275,20 @@ def make_datasets(
     if s.kind in ("mnist", "fashion-mnist"):
         return _idx(s.kind, s.path, image_size, p, train)
     return _cifar(s.kind, s.path, image_size, p, train)
+
+
+def _with_holdout(data: Datasets, image_size: int, holdout: float | int | None) -> Datasets:
+    """``data`` with its ``select`` split held out of ``train`` (see ``holdout_count``)."""
+    plain = data.train
+    if data.augmented:  # the held-out images are read as validation images are: no augmentation
+        plain = copy.copy(data.train)  # the same files or arrays, under other transforms
+        plain.transform = data.preprocess.transforms(image_size, train=False)
+    train, select = _hold_out(data.train, plain, holdout)
+    if select is None:
+        return data
+    n, k = len(data.train), len(select)
+    description = data.description.replace(f"{n} train / ", f"{n - k} train / {k} select / ", 1)
+    return dataclasses.replace(data, train=train, select=select, description=description)
 
 
 class EpochSampler(Sampler[int]):
@@ -269,19 +337,42 @@ def loaders(
     rank: int = 0,
     world: int = 1,
 ) -> tuple[DataLoader, DataLoader]:
-    """Shuffled (seeded, resumable) training batches and in-order validation batches.
+    """``train_loader`` of the training split and ``ordered_loader`` of the validation split."""
+    train = train_loader(
+        data.train, batch_size, workers=workers, seed=seed, pin_memory=pin_memory, rank=rank,
+        world=world,
+    )  # fmt: skip
+    return train, ordered_loader(data.val, batch_size, workers=workers, pin_memory=pin_memory)
 
-    The training loader's sampler is an :class:`EpochSampler`; its ``generator`` (which seeds the
+
+def train_loader(
+    dataset: Dataset,
+    batch_size: int,
+    *,
+    workers: int = 0,
+    seed: int = 0,
+    pin_memory: bool = False,
+    rank: int = 0,
+    world: int = 1,
+) -> DataLoader:
+    """Shuffled (seeded, resumable) training batches.
+
+    The sampler is an :class:`EpochSampler`; the loader's ``generator`` (which seeds the
     workers) is reseeded per epoch by ``finetune``, so nothing draws from torch's global RNG.
     """
-    common = {"num_workers": workers, "pin_memory": pin_memory, "persistent_workers": workers > 0}
-    sampler = EpochSampler(len(data.train), seed, rank=rank, world=world)
-    train = DataLoader(
-        data.train, batch_size, sampler=sampler, generator=torch.Generator().manual_seed(seed),
-        **common,
+    sampler = EpochSampler(len(dataset), seed, rank=rank, world=world)
+    return DataLoader(
+        dataset, batch_size, sampler=sampler, generator=torch.Generator().manual_seed(seed),
+        num_workers=workers, pin_memory=pin_memory, persistent_workers=workers > 0,
     )  # fmt: skip
-    val = DataLoader(
-        data.val, batch_size, shuffle=False, generator=torch.Generator().manual_seed(seed),
-        **common,
+
+
+def ordered_loader(
+    dataset: Dataset, batch_size: int, *, workers: int = 0, pin_memory: bool = False
+) -> DataLoader:
+    """In-order batches of ``dataset`` (validation, selection); a generator of its own, so that
+    making it draws nothing from torch's global RNG."""
+    return DataLoader(
+        dataset, batch_size, shuffle=False, num_workers=workers, pin_memory=pin_memory,
+        persistent_workers=workers > 0, generator=torch.Generator(),
     )  # fmt: skip
-    return train, val

@@ -297,6 +297,7 @@ class Distiller:
         self.state: dict[str, Any] = {
             "step": 0,
             "best_top1": -1.0,
+            "best_step": None,
             "history": [],
             "per_epoch": self.per_epoch,
         }
@@ -357,18 +358,19 @@ class Distiller:
         return {"step": step, "loss": float(loss.detach()), "lr": self.sched.get_last_lr()[0]}
 
     def _validate(self, row: dict[str, float]) -> None:
-        """Rank 0, at the end of each epoch (and every ``eval_every`` steps): top-1, and
-        ``best.pt`` when it improved."""
+        """Rank 0, at the end of each epoch (and every ``eval_every`` steps): top-1 on the
+        held-out selection images (never the reported validation split), and ``best.pt`` when
+        it improved."""
         step, every = self.state["step"], self.cfg.eval_every
         due = step % self.per_epoch == 0 or step == self.total or (every and step % every == 0)
         if self.val is None or not self.dist.main or not due:
             return
         metrics = accuracy(self.forward, self.val, self.device, self.precision)
         train_mode(self.student)
-        row.update(val_top1=metrics["top1"], val_loss=metrics["loss"])
+        row.update(select_top1=metrics["top1"], select_loss=metrics["loss"])
         self.callback(Event("eval", step, self.total, metrics))
         if metrics["top1"] > self.state["best_top1"]:
-            self.state["best_top1"] = metrics["top1"]
+            self.state["best_top1"], self.state["best_step"] = metrics["top1"], step
             self._save(self.best, full=False)
 
     def _checkpoint(self, signalled: bool, stopping: bool) -> None:

@@ -13,7 +13,7 @@ from torch.utils.data import DataLoader
 if TYPE_CHECKING:
     from .runtime import MixedPrecision
 
-__all__ = ["accuracy", "agreement", "count_params", "latency", "runtime_bytes"]
+__all__ = ["accuracy", "agreement", "compare", "count_params", "latency", "runtime_bytes"]
 
 
 def _autocast(precision: MixedPrecision | None) -> contextlib.AbstractContextManager:
@@ -31,20 +31,13 @@ def accuracy(
     ``precision``'s autocast when given)."""
     was_training = model.training
     model.eval()
-    top1 = top5 = loss = 0.0
-    n = 0
+    tally = _Tally()
     for x, y in loader:
         x, y = x.to(device), y.to(device)
         with _autocast(precision):
-            logits = model(x).float()
-        loss += float(F.cross_entropy(logits, y, reduction="sum"))
-        k = min(5, logits.shape[-1])
-        best = logits.topk(k, dim=-1).indices
-        top1 += float((best[:, 0] == y).sum())
-        top5 += float((best == y[:, None]).any(-1).sum())
-        n += len(y)
+            tally.add(model(x).float(), y)
     model.train(was_training)
-    return {"top1": top1 / n, "top5": top5 / n, "loss": loss / n, "n": n}
+    return tally.result()
 
 
 @torch.no_grad()
@@ -65,6 +58,51 @@ def agreement(
             same += int((a(x).argmax(-1) == b(x).argmax(-1)).sum())
         n += len(x)
     return same / n
+
+
+class _Tally:
+    """Running top-1, top-5 and summed cross-entropy of one model's logits."""
+
+    def __init__(self) -> None:
+        self.top1 = self.top5 = self.loss = 0.0
+        self.n = 0
+
+    def add(self, logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """Count a batch; returns its top-1 predictions."""
+        self.loss += float(F.cross_entropy(logits, y, reduction="sum"))
+        best = logits.topk(min(5, logits.shape[-1]), dim=-1).indices
+        self.top1 += float((best[:, 0] == y).sum())
+        self.top5 += float((best == y[:, None]).any(-1).sum())
+        self.n += len(y)
+        return best[:, 0]
+
+    def result(self) -> dict:
+        n = self.n
+        return {"top1": self.top1 / n, "top5": self.top5 / n, "loss": self.loss / n, "n": n}
+
+
+@torch.no_grad()
+def compare(
+    a: nn.Module,
+    b: nn.Module,
+    loader: DataLoader,
+    device: torch.device | str = "cpu",
+    precision: MixedPrecision | None = None,
+) -> tuple[dict, dict, float]:
+    """``accuracy`` of ``a`` and of ``b`` and their ``agreement``, in one pass over ``loader``
+    (each model runs once per batch)."""
+    modes = a.training, b.training
+    a.eval()
+    b.eval()
+    tally_a, tally_b, same = _Tally(), _Tally(), 0
+    for x, y in loader:
+        x, y = x.to(device), y.to(device)
+        with _autocast(precision):
+            logits_a, logits_b = a(x).float(), b(x).float()
+        same += int((tally_a.add(logits_a, y) == tally_b.add(logits_b, y)).sum())
+    a.train(modes[0])
+    b.train(modes[1])
+    return tally_a.result(), tally_b.result(), same / tally_a.n
 
 
 def count_params(model: nn.Module) -> int:

@@ -37,11 +37,11 @@ from .checkpoints import (
     restore_layerwise,
     save_atomic,
 )
-from .data import Datasets, loaders, make_datasets
+from .data import Datasets, make_datasets, ordered_loader, train_loader
 from .devices import resolve_device
 from .distill import Callback, Event, finetune, layerwise_fit, recalibrate_batchnorm
 from .errors import AdntnError, DataError, RunDirError
-from .evaluate import accuracy, agreement
+from .evaluate import compare
 from .io import save_compressed
 from .models import load_model, load_source
 from .plan import Plan, apply_plan, model_source, plan
@@ -71,7 +71,8 @@ class CompressJob:
     ``model`` is ``torchvision:NAME`` or a state-dict file (architecture from ``arch`` or the
     recipe's ``model.arch``); ``data`` is the data spec in use (``--data``, else the recipe's,
     read beside its file); ``compile_mode`` and ``precision`` are the recipe's unless a flag
-    said otherwise; ``cores_dtype`` is how the cores are stored; ``stop_after`` ends the
+    said otherwise; ``cores_dtype`` is how the cores are stored; ``prefix_cache`` is a folder
+    keeping the frozen prefix's outputs between runs (prefixstore.py); ``stop_after`` ends the
     end-to-end step early, checkpointed (an interruption, for tests), and ``resume`` continues.
     """
 
@@ -93,6 +94,7 @@ class CompressJob:
     precision: str = "auto"
     channels_last: bool | None = None
     stop_after: int | None = None
+    prefix_cache: Path | None = None
     argv: tuple[str, ...] = ()
 
     @classmethod
@@ -110,6 +112,13 @@ class CompressJob:
     ) -> CompressJob:
         """The job of ``adntn compress`` with these arguments; bad ones raise ``AdntnError``."""
         _check_flags(flags.get("cores_dtype", "float32"), compile_mode, precision)
+        store = flags.get("prefix_cache")
+        if store is not None:
+            if Path(store).exists() and not Path(store).is_dir():
+                raise AdntnError(
+                    f"--prefix-cache {store}: not a folder (give a folder, new or not)"
+                )
+            flags["prefix_cache"] = Path(store).expanduser()
         seed = flags.get("seed", 0)
         if not 0 <= seed < 2**32:
             raise AdntnError(f"--seed {seed}: a seed is a whole number from 0 to {2**32 - 1}")
@@ -211,7 +220,7 @@ def load_inputs(job: CompressJob, run: Run) -> None:
     run.plan = plan(run.teacher, job.recipe, source=job.source, batch=job.recipe.data.batch_size)
     run.datasets = make_datasets(
         job.data, job.recipe.model.input_size, run.num_classes,
-        preprocess=job.recipe.data.preprocessing(),
+        preprocess=job.recipe.data.preprocessing(), holdout=job.recipe.data.holdout,
     )  # fmt: skip
     check_classes(run.datasets, run.num_classes, job.data, allowed=job.allow_class_mismatch)
     origin = run_origin(job, run.out)  # checked before anything in the folder changes
@@ -317,7 +326,7 @@ def fit_layers(job: CompressJob, run: Run) -> None:
         )
         return
     lw = job.recipe.distill.layerwise
-    calib_loader, _ = loaders(run.datasets, job.recipe.data.batch_size, seed=job.seed + 1)
+    calib_loader = train_loader(run.datasets.train, job.recipe.data.batch_size, seed=job.seed + 1)
     calib = [x for _, (x, _) in zip(range(lw.batches), calib_loader, strict=False)]
     run.fit = layerwise_fit(
         run.teacher, run.student, run.names, calib, steps=lw.steps, lr=lw.lr, device=run.device,
@@ -339,16 +348,21 @@ def distil(job: CompressJob, run: Run) -> None:
     cache, run.prefix = cache_frozen_prefix(
         run.student, run.teacher, run.datasets, run.names, train=d.train,
         mode=d.cache_frozen_prefix, device=run.device, precision=run.amp,
-        batch=job.recipe.data.batch_size,
+        batch=job.recipe.data.batch_size, store=job.prefix_cache,
     )  # fmt: skip
-    data, forward = (cache.data, cache.head) if cache else (run.datasets, None)
-    dist = run.dist
-    train, val = loaders(
-        data, job.recipe.data.batch_size // dist.world, workers=job.recipe.data.workers,
-        seed=job.seed, pin_memory=run.device.type == "cuda", rank=dist.rank, world=dist.world,
+    if cache:
+        train_set, select_set, forward = cache.train, cache.select, cache.head
+    else:
+        train_set, select_set, forward = run.datasets.train, run.datasets.select, None
+    dist, data = run.dist, job.recipe.data
+    common = {"workers": data.workers, "pin_memory": run.device.type == "cuda"}
+    train = train_loader(
+        train_set, data.batch_size // dist.world, seed=job.seed, rank=dist.rank,
+        world=dist.world, **common,
     )  # fmt: skip
+    select = ordered_loader(select_set, data.batch_size, **common) if select_set else None
     run.history = finetune(
-        run.teacher, run.student, train, val, cfg, checkpoints=run.checkpoints,
+        run.teacher, run.student, train, select, cfg, checkpoints=run.checkpoints,
         device=run.device, resume=job.resume, stop_after=job.stop_after, callback=run.callback,
         dist=dist, precision=run.amp, forward=forward,
     )  # fmt: skip
@@ -358,17 +372,25 @@ def distil(job: CompressJob, run: Run) -> None:
 
 
 def evaluate(job: CompressJob, run: Run) -> Accuracy:
-    """Dense and compressed top-1/top-5 on the validation split, and their agreement."""
-    _, val = loaders(run.datasets, job.recipe.data.batch_size, seed=job.seed)
+    """Dense and compressed top-1/top-5 on the validation split, and their agreement: the one
+    stage that reads it (the checkpoint was chosen on the held-out ``select`` split)."""
+    val = ordered_loader(run.datasets.val, job.recipe.data.batch_size)
     run.callback(Event("eval", 0, 1, message="evaluating the dense and the compressed model"))
-    dense = accuracy(run.teacher, val, run.device, run.amp)
-    comp = accuracy(run.student, val, run.device, run.amp)
-    return Accuracy(
-        Scores.of(dense),
-        Scores.of(comp),
-        agreement(run.teacher, run.student, val, run.device, run.amp),
-        comp["n"],
-    )
+    dense, comp, agree = compare(run.teacher, run.student, val, run.device, run.amp)
+    return Accuracy(Scores.of(dense), Scores.of(comp), agree, comp["n"])
+
+
+def selection(run: Run) -> dict[str, Any] | None:
+    """report.json's ``selection``: where the checkpoint was chosen, or None (the final model)."""
+    select = run.datasets.select
+    if select is None:
+        return None
+    return {
+        "split": "select",
+        "images": len(select),
+        "best_step": run.history.get("best_step"),
+        "top1": run.history.get("best_top1"),
+    }
 
 
 def write(job: CompressJob, run: Run, acc: Accuracy) -> CompressionReport:
@@ -400,6 +422,7 @@ def write(job: CompressJob, run: Run, acc: Accuracy) -> CompressionReport:
         layers=[lp.record for lp in run.plan.layers],
         totals=run.plan.totals,
         accuracy=acc,
+        selection=selection(run),
         layerwise=run.fit,
         compiled=run.compiled,
         frozen_prefix=dataclasses.asdict(run.prefix) if run.prefix else None,

@@ -17,6 +17,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 from torch import fx, nn
@@ -46,10 +47,13 @@ class FrozenPrefix:
 @dataclass
 class PrefixCache:
     """The student's head (sharing its modules) and the cached data it trains on: training
-    items ``(prefix output, label, teacher logits)``, validation ``(prefix output, label)``."""
+    items ``(prefix output, label, teacher logits)``, selection items ``(prefix output,
+    label)`` (None without a hold-out). The validation split is never cached: it is read once,
+    by the final evaluation, through the whole model."""
 
     head: nn.Module
-    data: Datasets
+    train: TensorDataset
+    select: TensorDataset | None
     decision: FrozenPrefix
 
 
@@ -157,9 +161,11 @@ def cache_frozen_prefix(
     device: torch.device,
     precision: MixedPrecision,
     batch: int,
-    budget: int = CACHE_BUDGET,
+    store: Path | None = None,
 ) -> tuple[PrefixCache | None, FrozenPrefix]:
-    """The cache of the student's frozen prefix, or None and the reason it is off."""
+    """The cache of the student's frozen prefix, or None and the reason it is off. With
+    ``store`` (a folder) the outputs are read from there when a run computed them before,
+    and written there when not (prefixstore.py)."""
     why = _refusal(data, train, mode)
     if why:
         return None, FrozenPrefix(False, why)
@@ -179,22 +185,93 @@ def cache_frozen_prefix(
     k = -min(sizes)[1]
     prefix, head = _split(gm, student, nodes, k)
     per_item = 4 * (min(sizes)[0] + data.num_classes)  # float32 output and teacher logits
-    need = per_item * (len(data.train) + len(data.val))
-    if need > budget:
+    held_out = len(data.select) if data.select is not None else 0
+    need = per_item * (len(data.train) + held_out)
+    if need > CACHE_BUDGET:
         return None, FrozenPrefix(
-            False, f"the cache would take {format_bytes(need)}, over {format_bytes(budget)}"
+            False, f"the cache would take {format_bytes(need)}, over {format_bytes(CACHE_BUDGET)}"
         )
-    h_train, y_train = _outputs(prefix, data.train, device, precision, batch)
-    t_train, _ = _outputs(teacher, data.train, device, precision, batch)
-    h_val, y_val = _outputs(prefix, data.val, device, precision, batch)
-    cached = Datasets(
-        TensorDataset(h_train, y_train, t_train.float()),
-        TensorDataset(h_val, y_val),
-        data.num_classes,
-        data.description,
-    )
-    held = sum(t.numel() * t.element_size() for t in (h_train, t_train, h_val))
     cut = nodes[k].name
-    what = f"cached the output of {cut} ({math.prod(h_train.shape[1:]):,} values per image)"
-    decision = FrozenPrefix(True, what, cut, held)
-    return PrefixCache(head, cached, decision), decision
+    run = _Outputs(prefix, teacher, data, cut, device, precision, batch)
+    t, where = run.stored_in(store) if store is not None else (run.computed(), "")
+    held = sum(v.numel() * v.element_size() for k, v in t.items() if not k.startswith("y_"))
+    what = f"cached the output of {cut} ({math.prod(t['h_train'].shape[1:]):,} values per image)"
+    decision = FrozenPrefix(True, what + where, cut, held)
+    train_set = TensorDataset(t["h_train"], t["y_train"], t["t_train"].float())
+    select = TensorDataset(t["h_select"], t["y_select"]) if "h_select" in t else None
+    return PrefixCache(head, train_set, select, decision), decision
+
+
+@dataclass
+class _Outputs:
+    """What the cache holds for one prefix over one data set: computed, or stored on disk."""
+
+    prefix: fx.GraphModule
+    teacher: nn.Module
+    data: Datasets
+    cut: str
+    device: torch.device
+    precision: MixedPrecision
+    batch: int
+
+    def computed(self) -> dict[str, torch.Tensor]:
+        """``h_train, y_train, t_train`` (prefix outputs, labels, teacher logits) and, with a
+        hold-out, ``h_select, y_select``."""
+        run = (self.device, self.precision, self.batch)
+        h_train, y_train = _outputs(self.prefix, self.data.train, *run)
+        if _same_modules(self.prefix, self.teacher):  # the teacher's head reads the outputs
+            t_train = _teacher_logits(self.teacher, self.cut, h_train, *run)
+        else:  # e.g. BatchNorm recalibrated in the prefix: the teacher's prefix is another
+            t_train, _ = _outputs(self.teacher, self.data.train, *run)
+        t = {"h_train": h_train, "y_train": y_train, "t_train": t_train}
+        if self.data.select is not None:
+            t["h_select"], t["y_select"] = _outputs(self.prefix, self.data.select, *run)
+        return t
+
+    def stored_in(self, folder: Path) -> tuple[dict[str, torch.Tensor], str]:
+        """The tensors read from ``folder``, or computed and written there; and what was done."""
+        from . import prefixstore
+
+        key = prefixstore.prefix_key(
+            self.teacher, self.prefix, self.cut, self.data, self.precision.name
+        )
+        stored = prefixstore.load(folder, key)
+        if stored is not None:
+            return stored, f", read from {prefixstore.path_of(folder, key)}"
+        path = prefixstore.save(folder, key, t := self.computed())
+        return t, f", written to {path}"
+
+
+def _same_modules(prefix: fx.GraphModule, teacher: nn.Module) -> bool:
+    """Whether every module the prefix calls holds the teacher's parameters and buffers."""
+    for n in prefix.graph.nodes:
+        if n.op != "call_module":
+            continue
+        mine, theirs = prefix.get_submodule(n.target).state_dict(), None
+        try:
+            theirs = teacher.get_submodule(n.target).state_dict()
+        except AttributeError:
+            return False
+        if mine.keys() != theirs.keys() or not all(
+            torch.equal(v, theirs[key].to(v.device)) for key, v in mine.items()
+        ):
+            return False
+    return True
+
+
+@torch.no_grad()
+def _teacher_logits(
+    teacher: nn.Module,
+    cut: str,
+    h: torch.Tensor,
+    device: torch.device,
+    precision: MixedPrecision,
+    batch: int,
+) -> torch.Tensor:
+    """The teacher's logits from the cached prefix outputs ``h``: its own head after the same
+    cut (the frozen prefix is the teacher's), so its prefix is not run a second time."""
+    gm = fx.GraphModule(teacher, _Tracer().trace(teacher))
+    nodes = [n for n in gm.graph.nodes if n.op not in ("placeholder", "output")]
+    k = next(i for i, n in enumerate(nodes) if n.name == cut)
+    _, head = _split(gm, teacher, nodes, k)
+    return _outputs(head, TensorDataset(h, torch.zeros(len(h))), device, precision, batch)[0]

@@ -194,6 +194,7 @@ class CompressionReport(_Record):
     versions: dict[str, str] | None = None
     git_commit: str | None = None
     accuracy: Accuracy | None = None
+    selection: dict[str, Any] | None = None  # where the checkpoint was chosen (None: final)
     layerwise: dict[str, dict[str, float]] | None = None
     compiled: dict[str, str] | None = None
     frozen_prefix: dict[str, Any] | None = None
@@ -211,7 +212,7 @@ class CompressionReport(_Record):
         order = (
             "recipe", "model", "arch", "adntn_version", "data", "data_description", "seed",
             "device", "precision", "channels_last", "processes", "command", "resumes", "versions",
-            "git_commit", "layers", "totals", "accuracy", "layerwise", "compiled",
+            "git_commit", "layers", "totals", "accuracy", "selection", "layerwise", "compiled",
             "frozen_prefix", "batchnorm_recalibrated", "finetune", "files", "seconds",
         )  # fmt: skip
         for name in order:
@@ -315,6 +316,8 @@ def to_markdown(report: CompressionReport) -> str:
             f"Validation images: {images}; top-1 agreement with the dense "
             f"model: {_pct(acc.agreement)}.",
         ]
+    if acc and report.versions is not None:  # a run's report: say how the model was chosen
+        lines += ["", _selection_line(report.selection)]
     fit = report.layerwise
     if fit:
         lines += ["", "Layer-wise fit (output error relative to the dense layer's):", ""]
@@ -325,9 +328,21 @@ def to_markdown(report: CompressionReport) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _selection_line(sel: Mapping[str, Any] | None) -> str:
+    if not sel:
+        return "The final model is reported (no checkpoint was chosen: data.holdout is 0)."
+    if sel.get("best_step") is None:
+        return "The final model is reported (no end-to-end step chose a checkpoint)."
+    return (
+        f"Checkpoint chosen on {sel['images']:,} held-out training images (step "
+        f"{sel['best_step']}, top-1 {_pct(sel['top1'])}), never on the validation split."
+    )
+
+
 def metrics_csv(history: list[dict[str, Any]]) -> str:
-    """One row per training step: step, loss, lr, and validation metrics where measured."""
-    keys = ["step", "loss", "lr", "val_top1", "val_loss"]
+    """One row per training step: step, loss, lr, and the selection split's top-1 and loss
+    where measured (the held-out training images the best checkpoint is chosen on)."""
+    keys = ["step", "loss", "lr", "select_top1", "select_loss"]
     buf = io.StringIO()
     writer = csv.DictWriter(buf, fieldnames=keys, extrasaction="ignore")
     writer.writeheader()

@@ -24,7 +24,9 @@ CPU = torch.device("cpu")
 def _data(n: int = 24, size: int = 12, augmented: bool = False) -> Datasets:
     g = torch.Generator().manual_seed(0)
     x, y = torch.randn(n, 3, size, size, generator=g), torch.randint(0, 10, (n,), generator=g)
-    return Datasets(TensorDataset(x[8:], y[8:]), TensorDataset(x[:8], y[:8]), 10, "toy", augmented)
+    train, val = TensorDataset(x[12:], y[12:]), TensorDataset(x[:8], y[:8])
+    select = TensorDataset(x[8:12], y[8:12])
+    return Datasets(train, val, 10, "toy", augmented, select=select)
 
 
 def _replicating() -> nn.Sequential:
@@ -58,14 +60,39 @@ def test_the_cut_goes_before_a_pool_that_replicates_and_the_head_matches_the_stu
     data = _data()
     cache, decision = _cache(student, teacher, data)
     assert decision.used and decision.cut == "_2", decision  # the 1x1 pool's output: 8 values
-    h, _, t = cache.data.train[:4]
+    h, _, t = cache.train[:4]
     assert h.shape == (4, 8, 1, 1)
     x = torch.stack([data.train[i][0] for i in range(4)])
     with torch.no_grad():
         torch.testing.assert_close(cache.head(h), student(x))
-        torch.testing.assert_close(t, teacher(x))
-    held = [*cache.data.train[:][::2], cache.data.val[:][0]]  # outputs, teacher logits; val
+        torch.testing.assert_close(t, teacher(x))  # the teacher's head on the cached outputs
+        h_select, y_select = cache.select[:]
+        torch.testing.assert_close(cache.head(h_select), student(data.select[:][0]))
+    assert torch.equal(y_select, data.select[:][1])
+    held = [*cache.train[:][::2], h_select]  # outputs, teacher logits; selection outputs
     assert decision.bytes == sum(v.numel() * v.element_size() for v in held)
+
+
+def test_a_prefix_whose_batchnorm_was_recalibrated_gets_the_teachers_own_logits():
+    torch.manual_seed(0)
+    teacher = nn.Sequential(
+        nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.ReLU(), nn.Flatten(), nn.Linear(400, 32),
+        nn.ReLU(), nn.Linear(32, 10),
+    ).eval()  # fmt: skip
+    student = copy.deepcopy(teacher)
+    student[4] = GeneratedLinear.from_module(teacher[4], StructureSpec("ttn", bond_dim=3))
+    student[1].running_mean += 1.0  # as recalibrate_batchnorm leaves it: not the teacher's
+    student.requires_grad_(False)
+    data = _data()
+    cache, decision = cache_frozen_prefix(
+        student, teacher, data, ["4"], train="replaced", mode="auto", device=CPU,
+        precision=MixedPrecision(), batch=8,
+    )  # fmt: skip
+    assert decision.used
+    x = data.train[:][0]
+    with torch.no_grad():
+        torch.testing.assert_close(cache.train[:][2], teacher(x))
+        torch.testing.assert_close(cache.head(cache.train[:][0]), student(x))
 
 
 @pytest.mark.parametrize(
@@ -74,10 +101,13 @@ def test_the_cut_goes_before_a_pool_that_replicates_and_the_head_matches_the_stu
         ({"mode": "off"}, False, "distill.cache_frozen_prefix is off"),
         ({"train": "all"}, False, "distill.train is all"),
         ({}, True, "the training data is augmented"),
-        ({"budget": 1000}, False, "the cache would take"),
+        ({"CACHE_BUDGET": 1000}, False, "the cache would take"),
     ],
 )
-def test_the_cache_is_off_with_its_reason(kw, augmented, reason):
+def test_the_cache_is_off_with_its_reason(kw, augmented, reason, monkeypatch):
+    kw = dict(kw)
+    if "CACHE_BUDGET" in kw:
+        monkeypatch.setattr("adntn_cli.prefix.CACHE_BUDGET", kw.pop("CACHE_BUDGET"))
     teacher = _replicating().eval()
     cache, decision = _cache(_student(teacher), teacher, _data(augmented=augmented), **kw)
     assert cache is None and not decision.used and reason in decision.reason
@@ -134,3 +164,33 @@ def test_a_run_on_the_cached_prefix_ends_where_an_uncached_run_ends(tmp_path):
     frozen = "features.0.weight"
     teacher = torch.load(tmp_path / "t.pt", weights_only=True)
     assert torch.equal(cached[frozen], teacher[frozen])  # train: replaced left it alone
+
+
+def test_a_stored_prefix_is_read_back_and_a_changed_teacher_gets_another_file(tmp_path):
+    teacher = _replicating().eval()
+    data = _data()
+    first, decision = _cache(_student(teacher), teacher, data, store=tmp_path)
+    assert "written to" in decision.reason
+    files = list(tmp_path.glob("prefix-*.safetensors"))
+    assert len(files) == 1
+    again, decision = _cache(_student(teacher), teacher, data, store=tmp_path)
+    assert "read from" in decision.reason and str(files[0]) in decision.reason
+    for a, b in zip([*first.train.tensors, *first.select.tensors],
+                    [*again.train.tensors, *again.select.tensors], strict=True):  # fmt: skip
+        assert torch.equal(a, b)
+    with torch.no_grad():
+        teacher[8].bias += 1.0  # the head alone changed: the teacher's logits differ
+    _, decision = _cache(_student(teacher), teacher, data, store=tmp_path)
+    assert "written to" in decision.reason
+    assert len(list(tmp_path.glob("prefix-*.safetensors"))) == 2
+
+
+def test_a_damaged_stored_prefix_is_an_error_that_says_what_to_do(tmp_path):
+    from adntn_cli.errors import AdntnError
+
+    teacher = _replicating().eval()
+    _cache(_student(teacher), teacher, _data(), store=tmp_path)
+    (path,) = tmp_path.glob("prefix-*.safetensors")
+    path.write_bytes(b"not a safetensors file")
+    with pytest.raises(AdntnError, match="delete it, and it is recomputed"):
+        _cache(_student(teacher), teacher, _data(), store=tmp_path)

@@ -84,6 +84,14 @@ def compress(
             "fp32 (default: the recipe's distill.precision).",
         ),
     ] = None,
+    prefix_cache: Annotated[
+        Path | None,
+        typer.Option(
+            "--prefix-cache",
+            help="Folder that keeps the frozen prefix's outputs between runs on the same "
+            "teacher and data (read when there, else written).",
+        ),
+    ] = None,
     allow_class_mismatch: AllowClassMismatch = False,
     allow_schedule_change: AllowScheduleChange = False,
     quiet: Quiet = False,
@@ -109,6 +117,7 @@ def compress(
         force=force, arch=arch, allow_pickle=allow_pickle, argv=["adntn", *sys.argv[1:]],
         cores_dtype=cores_dtype, compile_mode=compile_mode, precision=precision,
         allow_class_mismatch=allow_class_mismatch, allow_schedule_change=allow_schedule_change,
+        prefix_cache=prefix_cache,
     )  # fmt: skip
     main_process = from_env().main  # under torchrun only rank 0 prints
     with Reporter(quiet or not main_process) as reporter:

@@ -7,7 +7,14 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    StrictInt,
+    field_validator,
+    model_validator,
+)
 
 __all__ = [
     "ACTIVATION_NAMES",
@@ -175,6 +182,11 @@ class Data(_Strict):
     train: str | None = Field(default=None, description="digits, imagefolder:PATH, ...")
     batch_size: PositiveInt = 64
     workers: int = Field(default=0, ge=0)
+    holdout: Annotated[StrictInt, Field(ge=0)] | Annotated[float, Field(gt=0, lt=1)] | None = Field(
+        default=None,
+        description="training images held out to pick the best checkpoint on: a count, a "
+        "fraction, or 0 for none (report the final model); default 10%, at most 5,000",
+    )
     mean: Stat | list[Stat] | None = Field(default=None, description="one value or R, G, B")
     std: Annotated[float, Field(gt=0)] | list[Annotated[float, Field(gt=0)]] | None = Field(
         default=None, description="one value or R, G, B"

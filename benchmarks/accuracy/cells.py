@@ -26,8 +26,9 @@ from pathlib import Path
 import torch
 import yaml
 from torch import nn
+from torch.utils.data import Subset
 
-from adntn_cli.data import loaders, make_datasets
+from adntn_cli.data import make_datasets, ordered_loader
 from adntn_cli.errors import RecipeError
 from adntn_cli.io import load_compressed
 from adntn_cli.job import CompressJob, compress
@@ -88,7 +89,7 @@ WHOLE_MODEL_SCHEDULE = Schedule(
 
 def layer_recipe(cell: Cell, names: list[str]) -> dict:
     rules = [{"select": n, "structure": cell.structure, "target_ratio": cell.budget} for n in names]
-    if "linear" in cell.variant.split("-") and cell.structure in ("ttn", "augttn", "mera"):
+    if cell.variant in ("linear", "long-linear") and cell.structure in ("ttn", "augttn", "mera"):
         for rule in rules:
             rule["activation"] = "identity"
     return {"version": 1, "layers": rules, "limits": {"memory_gb": MEMORY_GB}}
@@ -148,12 +149,41 @@ def sqnr_db(teacher: nn.Module, student: nn.Module, names: list[str], batches) -
     return {n: 10 * math.log10(sig[n] / max(err[n], 1e-300)) for n in names}
 
 
-def cell_recipe(cell: Cell, schedule: Schedule) -> dict:
-    """The recipe a user would write for ``cell``: its layers, the schedule, the data batch."""
+# The tries of the Fashion-MNIST study (variants of its cells): each is the ``distill:``
+# section of the cell's recipe, one setting changed from adntn's defaults; "" is no section.
+TUNING: dict[str, dict] = {
+    "lw-steps-1000": {"layerwise": {"steps": 1000}},
+    "lw-steps-0": {"layerwise": {"steps": 0}},
+    "lw-lr-3e-3": {"layerwise": {"lr": 3e-3}},
+    "lw-batches-32": {"layerwise": {"batches": 32}},
+    "epochs-4": {"finetune": {"epochs": 4}},
+    "lr-3e-3": {"finetune": {"lr": 3e-3}},
+    "lr-3e-4": {"finetune": {"lr": 3e-4}},
+    "warmup-0": {"finetune": {"warmup": 0.0}},
+    "kd-1": {"finetune": {"kd_weight": 1.0}},
+    "kd-0.5": {"finetune": {"kd_weight": 0.5}},
+    "T-1": {"finetune": {"temperature": 1.0}},
+    "T-8": {"finetune": {"temperature": 8.0}},
+    "wd-1e-4": {"finetune": {"weight_decay": 1e-4}},
+}
+
+
+def cell_recipe(cell: Cell, schedule: Schedule | None) -> dict:
+    """The recipe a user would write for ``cell``: its layers, the schedule, the data batch.
+    Without a schedule it has no ``distill:`` and no ``data:`` section (adntn's defaults), or
+    only the one setting of its ``TUNING`` variant."""
     names = None if cell.unit == "all" else UNITS[cell.teacher][cell.unit]
     recipe = whole_vgg_recipe(cell) if names is None else layer_recipe(cell, names)
-    replaced_only = schedule.train_replaced_only and names is not None
     recipe["model"] = {"arch": cell.teacher, "num_classes": 10, "input_size": cell_size(cell)}
+    if schedule is None:
+        tries = [TUNING[v] for v in cell.variant.split("+") if v in TUNING]
+        if tries:
+            recipe["distill"] = {}
+            for t in tries:
+                for section, keys in t.items():
+                    recipe["distill"].setdefault(section, {}).update(keys)
+        return recipe
+    replaced_only = schedule.train_replaced_only and names is not None
     recipe["distill"] = {
         "layerwise": {"steps": schedule.layerwise_steps, "lr": schedule.layerwise_lr,
                       "batches": schedule.calib_batches},
@@ -165,7 +195,11 @@ def cell_recipe(cell: Cell, schedule: Schedule) -> dict:
     return recipe
 
 
-SIZES = {"cpu": {"alexnet": 64, "vgg16_bn": 32}, "gpu": {"alexnet": 224, "vgg16_bn": 224}}
+SIZES = {
+    "cpu": {"alexnet": 64, "vgg16_bn": 32},
+    "gpu": {"alexnet": 224, "vgg16_bn": 224},
+    "fashion": {"alexnet": 224},
+}
 GRID = {"name": "cpu"}  # which grid's input sizes cells use (study.py sets it)
 
 
@@ -173,19 +207,41 @@ def cell_size(cell: Cell) -> int:
     return SIZES[GRID["name"]][cell.teacher]
 
 
+@dataclass(frozen=True)
+class Runner:
+    """How cells run: the device, the data, and the ``adntn compress`` flags besides the
+    recipe (``--precision``, ``--prefix-cache``); ``sqnr_images`` validation images measure
+    each replaced layer's SQNR."""
+
+    device: str = "cpu"
+    data: str = "digits"
+    precision: str | None = None
+    prefix_cache: Path | None = None
+    sqnr_images: int | None = None
+
+
 def run_cell(
-    cell: Cell, teacher_file: Path, schedule: Schedule, device: str, data: str = "digits"
-) -> dict:
+    cell: Cell, teacher_file: Path, schedule: Schedule | None, runner: Runner | str = "cpu",
+    data: str | None = None,
+) -> dict:  # fmt: skip
     """Compress the teacher in ``teacher_file`` as ``cell`` says, through the job ``adntn
     compress`` runs; returns the result row. A budget the structure cannot reach gives a row
-    with ``status: unreachable`` and the reason."""
-    row: dict = {"key": cell.key, **asdict(cell), "schedule": asdict(schedule)}
+    with ``status: unreachable`` and the reason. ``runner`` may be a device name alone."""
+    r = Runner(runner) if isinstance(runner, str) else runner
+    r = replace(r, data=data) if data is not None else r
+    row: dict = {
+        "key": cell.key,
+        **asdict(cell),
+        "schedule": asdict(schedule) if schedule else None,
+    }
     with tempfile.TemporaryDirectory() as tmp:
         recipe = Path(tmp) / "cell.yaml"
         recipe.write_text(yaml.safe_dump(cell_recipe(cell, schedule), sort_keys=False))
+        row["recipe"] = yaml.safe_load(recipe.read_text())
         job = CompressJob.create(
-            str(teacher_file), recipe, data=data, out=Path(tmp) / "run", device=device,
-            seed=cell.seed, argv=["study", cell.key],
+            str(teacher_file), recipe, data=r.data, out=Path(tmp) / "run", device=r.device,
+            seed=cell.seed, argv=["study", cell.key], precision=r.precision,
+            prefix_cache=r.prefix_cache,
         )  # fmt: skip
         try:
             report = compress(job)
@@ -193,20 +249,30 @@ def run_cell(
             if "cannot reach" not in str(err):
                 raise
             return {**row, "status": "unreachable", "reason": str(err)}
-        model = load_compressed(Path(report.run_dir) / "model.safetensors", device)
-        teacher = _teacher(cell, teacher_file, device)
-        _, val = loaders(make_datasets(data, cell_size(cell)), schedule.batch, seed=cell.seed)
-        names = [r.layer for r in report.layers]
-        sqnr = sqnr_db(teacher, model, names, [x.to(device) for x, _ in val])
+        sqnr = _sqnr(cell, teacher_file, report, r)
+    return {**row, **_measured(report), "sqnr_db": sqnr}
+
+
+def _sqnr(cell: Cell, teacher_file: Path, report, r: Runner) -> dict[str, float]:
+    model = load_compressed(Path(report.run_dir) / "model.safetensors", r.device)
+    teacher = _teacher(cell, teacher_file, r.device)
+    val = make_datasets(r.data, cell_size(cell), train=False).val
+    if r.sqnr_images is not None:
+        val = Subset(val, range(min(r.sqnr_images, len(val))))
+    names = [rec.layer for rec in report.layers]
+    return sqnr_db(teacher, model, names, [x.to(r.device) for x, _ in ordered_loader(val, 128)])
+
+
+def _measured(report) -> dict:
     acc, t = report.accuracy, report.totals
     return {
-        **row,
         "status": "done",
         "top1": acc.compressed.top1,
         "top5": acc.compressed.top5,
         "loss": acc.compressed.loss,
+        "dense_top1_run": acc.dense.top1,  # the teacher as this run measured it (its precision)
         "agreement": acc.agreement,
-        "sqnr_db": sqnr,
+        "selection": report.selection,
         "layerwise_rel_error": {n: v["final"] for n, v in report.layerwise.items()},
         "layers": [
             {k: r[k] for k in ("layer", "legs", "bond_dim", "dense_params", "tn_params", "ratio")}
@@ -216,6 +282,8 @@ def run_cell(
         "model_params": t.compressed_params,
         "model_ratio": t.ratio,
         "frozen_prefix": report.frozen_prefix,
+        "finetune": report.finetune,
+        "precision": report.precision,
         "val_images": acc.val_images,
         "seconds": report.seconds,
     }

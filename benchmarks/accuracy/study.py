@@ -1,8 +1,17 @@
 """The accuracy study: ADNTN structures against TT and low-rank at matched parameter budgets.
 
-    python benchmarks/accuracy/study.py                    # the CPU grid, all of it
+    python benchmarks/accuracy/study.py --grid fashion     # the headline: Fashion-MNIST, 224x224
+    python benchmarks/accuracy/study.py --grid fashion --variant lr-3e-3 --only /2000/  # a try
+    python benchmarks/accuracy/study.py                    # the digits CPU grid (smoke test)
     python benchmarks/accuracy/study.py --shard 1/4        # a quarter of it (run 1/4 .. 4/4)
     python benchmarks/accuracy/study.py --grid gpu --device cuda   # the full grid, 224x224
+
+The ``fashion`` grid needs the Debian package ``dataset-fashion-mnist``; its teacher is trained
+and cached by fashion_teacher.py. Its cells are ``adntn compress`` with a recipe that has no
+``distill:`` section (adntn's defaults; a ``--variant`` from cells.TUNING adds one setting),
+``--precision bf16`` and ``--prefix-cache`` (benchmarks/accuracy/.cache/prefix: the conv
+prefix of the 60,000 training images is computed once for the whole grid), evaluated on all
+10,000 test images; results go to accuracy-fashion.json/.md/.png.
 
 Every finished cell is appended to benchmarks/results/accuracy.json at once (atomically), and a
 cell already there is skipped, so shards and interrupted runs add up to one results file;
@@ -25,7 +34,18 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from cells import GRID, SIZES, WHOLE_MODEL_SCHEDULE, Cell, Schedule, run_cell, schedule_for
+from cells import (
+    GRID,
+    SIZES,
+    TUNING,
+    WHOLE_MODEL_SCHEDULE,
+    Cell,
+    Runner,
+    Schedule,
+    run_cell,
+    schedule_for,
+)
+from fashion_teacher import FASHION, fashion_teacher
 from tables import write_markdown, write_plot
 from teachers import teacher_file
 
@@ -33,6 +53,8 @@ RESULTS = Path(__file__).parents[1] / "results"
 STRUCTURES = ["ttn", "augttn", "mera", "tt", "lowrank"]
 BUDGETS = [2000, 20000, 77000]
 SEEDS = [0, 1, 2]
+FASHION_STRUCTURES = ["ttn", "tt", "augttn", "lowrank"]
+PREFIX_STORE = Path(__file__).parent / ".cache" / "prefix"
 
 
 def grid(name: str) -> list[Cell]:
@@ -57,6 +79,11 @@ def grid(name: str) -> list[Cell]:
     def whole(structure: str) -> list[Cell]:
         return [Cell("vgg16_bn", "all", 200, structure, seed) for seed in SEEDS]
 
+    if name == "fashion":  # every structure at seed 0 first, then the other seeds
+        return [
+            Cell("alexnet", "fc", b, s, seed)
+            for seed, b, s in itertools.product(SEEDS, BUDGETS, FASHION_STRUCTURES)
+        ]
     if name == "gpu":
         cells = [*whole("ttn"), *whole("tt")]
         for unit, t in itertools.product(("fc", "fc7", "fc6"), ("alexnet", "vgg16_bn")):
@@ -88,30 +115,31 @@ def save_rows(path: Path, meta: dict, rows: list[dict]) -> None:
     os.replace(tmp, path)
 
 
-def main(argv: list[str] | None = None) -> None:
+def _args(argv: list[str] | None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    ap.add_argument("--grid", choices=["cpu", "gpu"], default="cpu")
+    ap.add_argument("--grid", choices=["cpu", "gpu", "fashion"], default="cpu")
     ap.add_argument("--shard", default="1/1", help="i/n: run every n-th cell starting at the i-th")
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--only", default="", help="run cells whose key contains this text")
     ap.add_argument(
         "--variant",
         default="",
-        choices=["", "long", "linear", "long-linear"],
-        help="run the grid's cells with a variant (see cells.schedule_for): tries for targets",
+        help="run the grid's cells with a variant: long, linear, long-linear (cells.schedule_for)"
+        f" or, for the fashion grid, one of {', '.join(TUNING)} (joined by +)",
     )
-    ap.add_argument("--out", type=Path, default=RESULTS / "accuracy.json")
-    ap.add_argument("--tables", action="store_true", help="only rewrite accuracy.md")
+    ap.add_argument("--data", type=Path, default=FASHION, help="the Fashion-MNIST IDX folder")
+    ap.add_argument("--out", type=Path, default=None)
+    ap.add_argument("--tables", action="store_true", help="only rewrite the Markdown and plot")
     args = ap.parse_args(argv)
-    md = args.out.with_suffix(".md")
-    if args.tables:
-        doc = json.loads(args.out.read_text())
-        write_markdown(doc, md)
-        write_plot(doc, args.out.with_suffix(".png"))
-        return
-    i, n = (int(v) for v in args.shard.split("/"))
+    if args.out is None:
+        name = "accuracy-fashion.json" if args.grid == "fashion" else "accuracy.json"
+        args.out = RESULTS / name
+    return args
+
+
+def _meta(args: argparse.Namespace, argv: list[str] | None) -> dict:
     device = torch.device(args.device)
-    schedules = {"fc": Schedule(), "all": WHOLE_MODEL_SCHEDULE}
+    fashion = args.grid == "fashion"
     meta = {
         "command": "python benchmarks/accuracy/study.py " + " ".join(argv or sys.argv[1:]),
         "grid": args.grid,
@@ -121,37 +149,72 @@ def main(argv: list[str] | None = None) -> None:
         else platform.processor() or platform.machine(),
         "threads": torch.get_num_threads(),
         "torch": torch.__version__,
-        "schedule": schedules["fc"].__dict__,
-        "schedule_all": schedules["all"].__dict__,
+        "schedule": "adntn's defaults (no distill: section)" if fashion else Schedule().__dict__,
+        "schedule_all": None if fashion else WHOLE_MODEL_SCHEDULE.__dict__,
         "teachers": {},
     }
+    if fashion:
+        meta["data"] = f"fashion-mnist:{args.data}"
+        meta["flags"] = "--precision bf16 --prefix-cache " + str(PREFIX_STORE)
     if args.out.exists():
-        old = json.loads(args.out.read_text())
-        meta["teachers"] = old.get("teachers", {})
-    rows = load_rows(args.out)
+        meta["teachers"] = json.loads(args.out.read_text()).get("teachers", {})
+    return meta
+
+
+def _teacher_for(args, cell: Cell, meta: dict) -> Path:
+    size = SIZES[args.grid][cell.teacher]
+    if args.grid == "fashion":
+        path, info = fashion_teacher(args.data)
+    else:
+        path, info = teacher_file(cell.teacher, size, torch.device(args.device))
+    meta["teachers"][cell.teacher] = {**info, "input_size": size}
+    return path
+
+
+def _runner(args) -> Runner:
+    if args.grid != "fashion":
+        return Runner(args.device)
+    data = f"fashion-mnist:{args.data}"
+    return Runner(args.device, data, "bf16", PREFIX_STORE, sqnr_images=1000)
+
+
+def _todo(args, rows: list[dict]) -> tuple[list[Cell], set[str]]:
+    i, n = (int(v) for v in args.shard.split("/"))
     done = {r["key"] for r in rows}
     cells = [replace(c, variant=args.variant) for c in grid(args.grid)]
     todo = [c for k, c in enumerate(cells) if k % n == i - 1]
     todo = [c for c in todo if c.key not in done and args.only in c.key]
     # an unreachable budget needs one row, not one per seed
     unreachable = {_group(r) for r in rows if r["status"] == "unreachable"}
-    todo = [c for c in todo if c.group not in unreachable]
-    print(f"{len(todo)} cells to run ({len(done)} already in {args.out})", flush=True)
+    return [c for c in todo if c.group not in unreachable], unreachable
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = _args(argv)
+    md = args.out.with_suffix(".md")
+    if args.tables:
+        doc = json.loads(args.out.read_text())
+        write_markdown(doc, md)
+        write_plot(doc, args.out.with_suffix(".png"))
+        return
+    meta, rows = _meta(args, argv), load_rows(args.out)
+    todo, unreachable = _todo(args, rows)
+    print(f"{len(todo)} cells to run ({len(rows)} already in {args.out})", flush=True)
     GRID["name"] = args.grid
     files: dict = {}
     for cell in todo:
         if cell.group in unreachable:
             continue
-        size = SIZES[args.grid][cell.teacher]
         if cell.teacher not in files:
-            files[cell.teacher], info = teacher_file(cell.teacher, size, device)
-            meta["teachers"][cell.teacher] = {**info, "input_size": size}
+            files[cell.teacher] = _teacher_for(args, cell, meta)
         t = time.time()
-        row = run_cell(cell, files[cell.teacher], schedule_for(cell), args.device)
+        schedule = None if args.grid == "fashion" else schedule_for(cell)
+        row = run_cell(cell, files[cell.teacher], schedule, _runner(args))
         row["dense_top1"] = meta["teachers"][cell.teacher]["top1"]
         rows = [r for r in load_rows(args.out) if r["key"] != row["key"]] + [row]
         save_rows(args.out, meta, rows)
         write_markdown({**meta, "rows": rows}, md)
+        write_plot({**meta, "rows": rows}, args.out.with_suffix(".png"))
         if row["status"] == "unreachable":
             unreachable.add(cell.group)
             print(f"{cell.key}: unreachable", flush=True)
