@@ -216,6 +216,43 @@ def kd_loss(
     return loss
 
 
+class FeatureMatch:
+    """The auxiliary loss of ``finetune.feature_weight``: the replaced layers' outputs against
+    the teacher's at the same layers, ``mean over layers |y_s - y_t|^2 / |y_t|^2`` of a batch.
+    Forward hooks on both models capture the outputs while they run; ``remove`` ends it."""
+
+    def __init__(self, teacher: nn.Module, student: nn.Module) -> None:
+        from .layers import GeneratedModule
+
+        names = [n for n, m in student.named_modules() if isinstance(m, GeneratedModule)]
+        self.outputs: dict[tuple[str, str], torch.Tensor] = {}
+        self.names = names
+        self.hooks = [
+            model.get_submodule(n).register_forward_hook(self._keeper(side, n))
+            for side, model in (("t", teacher), ("s", student))
+            for n in names
+        ]
+
+    def _keeper(self, side: str, name: str):
+        def keep(_module, _inputs, output):
+            self.outputs[side, name] = output
+
+        return keep
+
+    def loss(self) -> torch.Tensor:
+        terms = []
+        for n in self.names:
+            t, s = self.outputs[("t", n)].float(), self.outputs[("s", n)].float()
+            terms.append((s - t).pow(2).sum() / t.pow(2).sum().clamp_min(1e-12))
+        self.outputs.clear()
+        return torch.stack(terms).mean()
+
+    def remove(self) -> None:
+        for h in self.hooks:
+            h.remove()
+        self.outputs.clear()
+
+
 def _schedule(total: int, warmup: int) -> Callable[[int], float]:
     def factor(step: int) -> float:
         if step < warmup:
@@ -245,14 +282,20 @@ def _deferred_signals():
             signal.signal(s, h)
 
 
-def train_mode(model: nn.Module) -> nn.Module:
+DROPOUT = (nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Dropout3d, nn.AlphaDropout)
+
+
+def train_mode(model: nn.Module, dropout: bool = True) -> nn.Module:
     """Training mode, except that a BatchNorm whose affine parameters are frozen keeps its
-    running statistics (``distill.train: replaced`` freezes them with the rest)."""
+    running statistics (``distill.train: replaced`` freezes them with the rest), and that
+    with ``dropout=False`` dropout layers pass their input through (``finetune.dropout``)."""
     model.train()
     for m in model.modules():
         if isinstance(m, nn.modules.batchnorm._BatchNorm) and not any(
             p.requires_grad for p in m.parameters(recurse=False)
         ):
+            m.eval()
+        if not dropout and isinstance(m, DROPOUT):
             m.eval()
     return model
 
@@ -289,7 +332,7 @@ class Distiller:
         self.precision = precision or MixedPrecision(self.device.type)
         self.last, self.best = checkpoints / "last.pt", checkpoints / "best.pt"
         self.per_epoch = len(train)
-        self.total = max(1, math.ceil(cfg.epochs * self.per_epoch))
+        self.total = max(1, cfg.total_steps(self.per_epoch))
         self.params = [p for p in student.parameters() if p.requires_grad]
         self.opt = torch.optim.AdamW(self.params, lr=cfg.lr, weight_decay=cfg.weight_decay)
         warmup = round(cfg.warmup * self.total)
@@ -302,6 +345,7 @@ class Distiller:
             "per_epoch": self.per_epoch,
         }
         self.channels_last = _is_channels_last(teacher)  # then feed NHWC batches too
+        self.features = FeatureMatch(teacher, student) if cfg.feature_weight > 0 else None
         self.model: nn.Module = self.forward
 
     # -- the named steps ---------------------------------------------------------------------
@@ -329,14 +373,16 @@ class Distiller:
         x, y, *cached = (t.to(self.device, non_blocking=True) for t in batch)
         if x.dim() == 4 and self.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
-        if cached:  # the teacher's logits of this image, computed once
+        if cached and self.features is None:  # the teacher's logits of this image, cached
             (t_logits,) = cached
-        else:
+        else:  # with the prefix cached, the teacher is its head: x is the prefix's output
             with torch.no_grad(), self.precision.autocast():
                 t_logits = self.teacher(x)
         with self.precision.autocast():
             s_logits = self.model(x)
         loss = kd_loss(s_logits, t_logits, y, self.cfg.temperature, self.cfg.kd_weight)
+        if self.features is not None:
+            loss = loss + self.cfg.feature_weight * self.features.loss()
         (diverged,) = any_true(self.dist, [not bool(torch.isfinite(loss))], self.device)
         if diverged:
             raise TrainingDivergedError(
@@ -366,7 +412,7 @@ class Distiller:
         if self.val is None or not self.dist.main or not due:
             return
         metrics = accuracy(self.forward, self.val, self.device, self.precision)
-        train_mode(self.student)
+        train_mode(self.student, self.cfg.dropout)
         row.update(select_top1=metrics["top1"], select_loss=metrics["loss"])
         self.callback(Event("eval", step, self.total, metrics))
         if metrics["top1"] > self.state["best_top1"]:
@@ -405,7 +451,7 @@ class Distiller:
             ids = [self.device.index] if self.device.type == "cuda" else None
             self.model = DistributedDataParallel(self.forward, device_ids=ids)
         with _deferred_signals() as caught:  # a signal is honoured between steps, after a save
-            train_mode(self.student)
+            train_mode(self.student, self.cfg.dropout)
             while self.state["step"] < self.total:
                 for batch in self._batches():
                     row = self._optimise(self._batch_loss(batch))
@@ -469,9 +515,13 @@ def finetune(
     for p in teacher.parameters():
         p.requires_grad_(False)
     run = Distiller(teacher, student, train, val, cfg, **options)
-    if resume:
-        run.resume()
-    return run.run(stop_after)
+    try:
+        if resume:
+            run.resume()
+        return run.run(stop_after)
+    finally:
+        if run.features is not None:
+            run.features.remove()
 
 
 def _is_channels_last(model: nn.Module) -> bool:

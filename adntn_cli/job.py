@@ -342,14 +342,15 @@ def distil(job: CompressJob, run: Run) -> None:
     applies; then the best checkpoint is restored."""
     d, cfg = job.recipe.distill, job.recipe.distill.finetune
     run.history = {"history": [], "step": 0, "total": 0, "interrupted": False}
-    if cfg.epochs <= 0:
-        run.prefix = FrozenPrefix(False, "no end-to-end step (distill.finetune.epochs is 0)")
+    if cfg.steps == 0 or cfg.epochs == 0:
+        run.prefix = FrozenPrefix(False, "no end-to-end step (distill.finetune: 0 steps)")
         return
     cache, run.prefix = cache_frozen_prefix(
         run.student, run.teacher, run.datasets, run.names, train=d.train,
         mode=d.cache_frozen_prefix, device=run.device, precision=run.amp,
         batch=job.recipe.data.batch_size, store=job.prefix_cache,
     )  # fmt: skip
+    teacher = cache.teacher_head if cache else run.teacher  # what reads the batches' x
     if cache:
         train_set, select_set, forward = cache.train, cache.select, cache.head
     else:
@@ -362,7 +363,7 @@ def distil(job: CompressJob, run: Run) -> None:
     )  # fmt: skip
     select = ordered_loader(select_set, data.batch_size, **common) if select_set else None
     run.history = finetune(
-        run.teacher, run.student, train, select, cfg, checkpoints=run.checkpoints,
+        teacher, run.student, train, select, cfg, checkpoints=run.checkpoints,
         device=run.device, resume=job.resume, stop_after=job.stop_after, callback=run.callback,
         dist=dist, precision=run.amp, forward=forward,
     )  # fmt: skip

@@ -24,6 +24,7 @@ from torch import fx, nn
 from torch.utils.data import DataLoader, Dataset, TensorDataset
 
 from .data import Datasets
+from .distill import DROPOUT
 from .layers import GeneratedModule
 from .runtime import MixedPrecision
 from .tn import format_bytes
@@ -31,7 +32,6 @@ from .tn import format_bytes
 __all__ = ["CACHE_BUDGET", "FrozenPrefix", "PrefixCache", "cache_frozen_prefix"]
 
 CACHE_BUDGET = 4 * 2**30  # bytes of host memory the cached prefix outputs may take
-STOCHASTIC = (nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Dropout3d, nn.AlphaDropout)
 
 
 @dataclass(frozen=True)
@@ -48,13 +48,15 @@ class FrozenPrefix:
 class PrefixCache:
     """The student's head (sharing its modules) and the cached data it trains on: training
     items ``(prefix output, label, teacher logits)``, selection items ``(prefix output,
-    label)`` (None without a hold-out). The validation split is never cached: it is read once,
+    label)`` (None without a hold-out); the teacher's head runs where its layers' outputs are
+    needed (``finetune.feature_weight``). The validation split is never cached: it is read once,
     by the final evaluation, through the whole model."""
 
     head: nn.Module
     train: TensorDataset
     select: TensorDataset | None
     decision: FrozenPrefix
+    teacher_head: nn.Module | None = None  # the teacher after the cut (feature matching)
 
 
 class _Tracer(fx.Tracer):
@@ -75,7 +77,7 @@ def _cuts(gm: fx.GraphModule, replaced: set[str]) -> tuple[list[int], list[fx.No
     # a value from before k (or the input)
     stochastic = next(
         (k for k, n in enumerate(nodes) if n.op == "call_module"
-         and isinstance(gm.get_submodule(n.target), STOCHASTIC)),
+         and isinstance(gm.get_submodule(n.target), DROPOUT)),
         len(nodes),
     )  # fmt: skip
     valid = []
@@ -199,7 +201,8 @@ def cache_frozen_prefix(
     decision = FrozenPrefix(True, what + where, cut, held)
     train_set = TensorDataset(t["h_train"], t["y_train"], t["t_train"].float())
     select = TensorDataset(t["h_select"], t["y_select"]) if "h_select" in t else None
-    return PrefixCache(head, train_set, select, decision), decision
+    cache = PrefixCache(head, train_set, select, decision, _teacher_head(teacher, cut))
+    return cache, decision
 
 
 @dataclass
@@ -259,6 +262,14 @@ def _same_modules(prefix: fx.GraphModule, teacher: nn.Module) -> bool:
     return True
 
 
+def _teacher_head(teacher: nn.Module, cut: str) -> fx.GraphModule:
+    """The teacher after the node named ``cut`` (on the teacher's own modules)."""
+    gm = fx.GraphModule(teacher, _Tracer().trace(teacher))
+    nodes = [n for n in gm.graph.nodes if n.op not in ("placeholder", "output")]
+    k = next(i for i, n in enumerate(nodes) if n.name == cut)
+    return _split(gm, teacher, nodes, k)[1]
+
+
 @torch.no_grad()
 def _teacher_logits(
     teacher: nn.Module,
@@ -270,8 +281,5 @@ def _teacher_logits(
 ) -> torch.Tensor:
     """The teacher's logits from the cached prefix outputs ``h``: its own head after the same
     cut (the frozen prefix is the teacher's), so its prefix is not run a second time."""
-    gm = fx.GraphModule(teacher, _Tracer().trace(teacher))
-    nodes = [n for n in gm.graph.nodes if n.op not in ("placeholder", "output")]
-    k = next(i for i, n in enumerate(nodes) if n.name == cut)
-    _, head = _split(gm, teacher, nodes, k)
+    head = _teacher_head(teacher, cut)
     return _outputs(head, TensorDataset(h, torch.zeros(len(h))), device, precision, batch)[0]

@@ -151,3 +151,53 @@ def test_a_loss_turning_nan_mid_run_keeps_the_last_good_checkpoint(tmp_path):
     for key, value in good["model"].items():
         assert torch.isfinite(kept["model"][key].float()).all()
         torch.testing.assert_close(kept["model"][key], value, rtol=0, atol=0)
+
+
+def test_finetune_length_is_steps_or_epochs_or_the_default_by_data():
+    from adntn_cli.recipe.schema import MAX_STEPS, MIN_STEPS
+
+    assert Finetune(steps=70).total_steps(per_epoch=500) == 70
+    assert Finetune(epochs=1.5).total_steps(per_epoch=500) == 750
+    assert Finetune().total_steps(per_epoch=10) == MIN_STEPS  # small data: at least MIN_STEPS
+    assert Finetune().total_steps(per_epoch=10**6) == MAX_STEPS
+    with pytest.raises(ValueError, match="steps or epochs, not both"):
+        Finetune(steps=5, epochs=1)
+
+
+def test_dropout_off_leaves_dropout_layers_passing_their_input():
+    from adntn_cli.distill import train_mode
+
+    model = nn.Sequential(nn.Linear(4, 4), nn.Dropout(0.5), nn.BatchNorm1d(4))
+    train_mode(model, dropout=False)
+    assert model[0].training and not model[1].training and model[2].training
+    train_mode(model)
+    assert model[1].training
+
+
+def test_the_feature_loss_is_the_relative_error_of_the_replaced_outputs_and_trains_them(tmp_path):
+    from adntn_cli.distill import FeatureMatch
+
+    teacher, student, train, val = _setup()
+    match = FeatureMatch(teacher, student)
+    x = torch.randn(5, 12)
+    teacher(x), student(x)
+    with torch.no_grad():
+        t, s = teacher[0](x), student[0](x)
+    expected = (s - t).pow(2).sum() / t.pow(2).sum()
+    torch.testing.assert_close(match.loss(), expected)
+    match.remove()
+    teacher(x), student(x)
+    assert not match.outputs  # the hooks are gone
+
+    def error():
+        with torch.no_grad():
+            xs = torch.cat([b[0] for b in train])
+            return float(
+                (student[0](xs) - teacher[0](xs)).pow(2).sum() / teacher[0](xs).pow(2).sum()
+            )
+
+    before = error()
+    cfg = Finetune(steps=40, lr=1e-2, feature_weight=10.0, kd_weight=1.0)
+    finetune(teacher, student, train, val, cfg, checkpoints=tmp_path)
+    assert error() < 0.5 * before  # the replaced layer moved toward the teacher's outputs
+    assert not student[0]._forward_hooks  # finetune removed its hooks

@@ -165,6 +165,10 @@ TUNING: dict[str, dict] = {
     "T-1": {"finetune": {"temperature": 1.0}},
     "T-8": {"finetune": {"temperature": 8.0}},
     "wd-1e-4": {"finetune": {"weight_decay": 1e-4}},
+    "dropout-off": {"finetune": {"dropout": False}},
+    "feature-1": {"finetune": {"feature_weight": 1.0}},
+    "feature-0.1": {"finetune": {"feature_weight": 0.1}},
+    "train-all": {"train": "all"},
 }
 
 
@@ -181,7 +185,10 @@ def cell_recipe(cell: Cell, schedule: Schedule | None) -> dict:
             recipe["distill"] = {}
             for t in tries:
                 for section, keys in t.items():
-                    recipe["distill"].setdefault(section, {}).update(keys)
+                    if isinstance(keys, dict):
+                        recipe["distill"].setdefault(section, {}).update(keys)
+                    else:
+                        recipe["distill"][section] = keys
         return recipe
     replaced_only = schedule.train_replaced_only and names is not None
     recipe["distill"] = {
