@@ -302,18 +302,32 @@ def _unpickled_teacher(job: CompressJob, device: torch.device) -> tuple[nn.Modul
 
 
 def build_student(job: CompressJob, run: Run) -> None:
-    """A copy of the teacher with the plan applied, on the device; with ``distill.train:
-    replaced`` only the replaced layers train; channels-last and torch.compile as asked."""
+    """A copy of the teacher with the plan applied, on the device, frozen as ``distill.train``
+    says (``freeze``); channels-last and torch.compile as asked."""
     student = copy.deepcopy(run.teacher)
     apply_plan(student, run.plan, generator=torch.Generator().manual_seed(job.seed))
     student.to(run.device)
-    if job.recipe.distill.train == "replaced":
-        student.requires_grad_(False)
-        for name in run.names:
-            student.get_submodule(name).requires_grad_(True)
+    freeze(student, run.names, job.recipe.distill.train)
     run.channels_last = use_channels_last([run.teacher, student], run.device, job.channels_last)
     run.compiled = compile_generators(student, job.compile_mode)
     run.student = student
+
+
+def freeze(student: nn.Module, replaced: list[str], train: str) -> None:
+    """``distill.train``: ``all`` trains every parameter; ``replaced`` the replaced layers only;
+    ``head`` the replaced layers and every parameter registered after the first of them (in
+    a sequential model: the layers after it, such as the classifier), the ones before frozen."""
+    if train == "all":
+        return
+    student.requires_grad_(False)
+    for name in replaced:
+        student.get_submodule(name).requires_grad_(True)
+    if train == "head":
+        first = {id(p) for name in replaced for p in student.get_submodule(name).parameters()}
+        after = False
+        for p in student.parameters():
+            after = after or id(p) in first
+            p.requires_grad_(after)
 
 
 def fit_layers(job: CompressJob, run: Run) -> None:

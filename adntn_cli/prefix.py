@@ -145,7 +145,7 @@ def _refusal(data: Datasets, train: str, mode: str) -> str:
     """Why the prefix cannot be cached ("" when it can be)."""
     if mode == "off":
         return "distill.cache_frozen_prefix is off"
-    if train != "replaced":
+    if train == "all":
         return "distill.train is all: the layers before the replaced ones train too"
     if data.augmented:
         return "the training data is augmented: a cached image would repeat one crop"

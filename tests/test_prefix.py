@@ -194,3 +194,19 @@ def test_a_damaged_stored_prefix_is_an_error_that_says_what_to_do(tmp_path):
     path.write_bytes(b"not a safetensors file")
     with pytest.raises(AdntnError, match="delete it, and it is recomputed"):
         _cache(_student(teacher), teacher, _data(), store=tmp_path)
+
+
+@pytest.mark.parametrize(
+    ("train", "trains"),
+    [("all", {"0", "5", "8"}), ("replaced", {"5"}), ("head", {"5", "8"})],
+)
+def test_distill_train_freezes_what_it_says_and_head_keeps_the_prefix_cacheable(train, trains):
+    from adntn_cli.job import freeze
+
+    teacher = _replicating().eval()
+    student = _student(teacher).requires_grad_(True)
+    freeze(student, ["5"], train)
+    trained = {n.split(".")[0] for n, p in student.named_parameters() if p.requires_grad}
+    assert trained == trains
+    cache, decision = _cache(student, teacher, _data(), train=train)
+    assert decision.used == (train != "all")

@@ -179,9 +179,10 @@ class Distill(_Strict):
     compile: Literal["auto", "on", "off"] = Field(
         default="off", description="torch.compile the generators: auto = on CUDA only"
     )
-    train: Literal["all", "replaced"] = Field(
+    train: Literal["all", "replaced", "head"] = Field(
         default="replaced",
-        description="which parameters the end-to-end step trains: all, or the replaced layers'",
+        description="which parameters the end-to-end step trains: all, the replaced layers', "
+        "or head: those and every layer after the first replaced one",
     )
     cache_frozen_prefix: Literal["auto", "off"] = Field(
         default="auto",
