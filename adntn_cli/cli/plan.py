@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.markup import escape
@@ -11,6 +12,9 @@ from rich.markup import escape
 from .app import app, handle_errors, out
 from .options import Arch, Json, Model, NumClasses, RecipeOpt
 from .resolve import meta_model
+
+if TYPE_CHECKING:
+    from ..schedule import DistillSchedule
 
 
 @app.command()
@@ -26,6 +30,14 @@ def plan(
     ] = None,
     batch: Annotated[
         int | None, typer.Option("--batch", min=1, help="Batch size for the schedule choice.")
+    ] = None,
+    data: Annotated[
+        str | None,
+        typer.Option(
+            "--data",
+            help="Count the training images of this source (default: the "
+            "recipe's data.train) to give the distillation's steps.",
+        ),
     ] = None,
     json_: Json = False,
 ) -> None:
@@ -44,11 +56,12 @@ def plan(
     from .tables import layer_table
 
     rec, source = load_recipe(recipe)
-    net, _ = meta_model(model, arch, num_classes, recipe=rec)
+    net, found = meta_model(model, arch, num_classes, recipe=rec)
     budget = int(memory_gb * 2**30) if memory_gb else None
     p = make_plan(net, rec, source=source, memory_budget=budget, batch=batch)
+    sched = _schedule(rec, len(p.layers), data or rec.data.train, found.num_classes)
     if json_:
-        typer.echo(json.dumps(p.to_dict(), indent=1))
+        typer.echo(json.dumps({**p.to_dict(), "distill": dataclasses.asdict(sched)}, indent=1))
         return
     out.print(layer_table([lp.record for lp in p.layers], escape(f"plan: {source} on {model}")))
     t = p.totals
@@ -60,3 +73,19 @@ def plan(
         f"whole model: {t.dense_params:,} -> {t.compressed_params:,} parameters "
         f"({t.ratio:,.1f}x fewer)"
     )
+    out.print(escape(f"distillation: {sched.describe()}"))
+
+
+def _schedule(rec, layers: int, spec: str | None, num_classes: int) -> DistillSchedule:
+    """The distillation schedule, the training images counted when a source is known."""
+    from ..data import make_datasets
+    from ..schedule import distill_schedule
+
+    if not spec:
+        return distill_schedule(rec, layers)
+    data = make_datasets(
+        spec, rec.model.input_size, num_classes, preprocess=rec.data.preprocessing(),
+        holdout=rec.data.holdout,
+    )  # fmt: skip
+    select = len(data.select) if data.select is not None else 0
+    return distill_schedule(rec, layers, len(data.train), select)

@@ -81,6 +81,23 @@ def test_plan_table(tmp_path):
     assert "classifier.0" in result.output and "x fewer" in result.output
 
 
+def test_plan_says_how_many_distillation_steps_a_run_takes(tmp_path):
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(
+        "version: 1\nmodel: {arch: demo_vgg, num_classes: 10, input_size: 32}\n"
+        "layers: [{select: classifier.3, bond_dim: 3}]\ndata: {batch_size: 16}\n"
+    )
+    result = run("plan", "torchvision:demo_vgg", "--recipe", str(recipe))
+    assert result.exit_code == 0, result.output
+    assert "2 passes over the training images" in result.output  # no data: the rule
+    counted = run("plan", "torchvision:demo_vgg", "--recipe", str(recipe), "--data",
+                  "synthetic:1000", "--json")  # fmt: skip
+    d = json.loads(counted.stdout)["distill"]
+    # 750 training images, 75 held out: 675 / 16 -> 43 steps a pass; at least 1,000 steps
+    assert d["train_images"] == 675 and d["select_images"] == 75
+    assert d["finetune_steps"] == 1000 and d["layerwise_steps"] == 200
+
+
 def test_plan_on_a_state_dict_file_uses_the_recipe_arch(tmp_path):
     from adntn_cli.models import build_model
 
