@@ -250,6 +250,7 @@ def run_cell(
             seed=cell.seed, argv=["study", cell.key], precision=r.precision,
             prefix_cache=r.prefix_cache,
         )  # fmt: skip
+        row["distill"] = job.recipe.distill.model_dump(mode="json")  # defaults as they were
         try:
             report = compress(job)
         except RecipeError as err:

@@ -15,7 +15,9 @@ augmentation come from one seeded generator), so a missing checkpoint is rebuilt
 - augmentation on the 28x28 image (a random 2-pixel shift and a horizontal flip), then the
   bilinear upsampling and normalisation of adntn's ``fashion-mnist`` source (preprocess.py);
 - AdamW (weight decay 5e-4), one-cycle cosine learning rate over all phases, label smoothing
-  0.05, batch 128, bf16 autocast on the CPU (AMX; the weights stay float32).
+  0.05, batch 128, bf16 autocast on the CPU (AMX; the weights stay float32);
+- then ``polish``: one more epoch at 224x224, cosine from 3e-4 (one epoch at 224 left it at
+  89.2%, short of the study's 90%).
 
 The checkpoint is written as ``{"state_dict", "arch", "num_classes", "input_size"}`` (timm's
 layout, what ``adntn compress`` reads with no ``--arch``) to ``.cache/`` beside this file, never
@@ -35,6 +37,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader
 
+from adntn_cli.atomic import torch_bytes, write_bytes, write_text
 from adntn_cli.data import make_datasets
 from adntn_cli.evaluate import accuracy
 from adntn_cli.idx import IdxImages
@@ -46,6 +49,7 @@ FASHION = Path("/usr/share/datasets/fashion-mnist")
 SIZE = 224
 PHASES = ((112, 4), (224, 1))  # (input size, epochs), in order
 BATCH, LR, WEIGHT_DECAY, SMOOTHING = 128, 1e-3, 5e-4, 0.05
+POLISH_LR = 3e-4  # then one more epoch at 224x224, cosine from this to 0 (89.2% -> see .json)
 
 
 def teacher_path(seed: int = 0) -> Path:
@@ -110,6 +114,37 @@ def train(data: Path, seed: int = 0, log=print) -> tuple[torch.nn.Module, dict]:
     return model.to(memory_format=torch.contiguous_format).eval(), info
 
 
+def polish(model: torch.nn.Module, data: Path, seed: int = 0, log=print) -> dict:
+    """One more epoch at 224x224 (AdamW, cosine from ``POLISH_LR`` to 0, its own seeded data
+    order): the one epoch of the main schedule at 224 leaves the classifier short of the
+    6x6 map (89.2% top-1)."""
+    torch.manual_seed(seed + 1)
+    g = torch.Generator().manual_seed(seed + 1)
+    model = model.to(memory_format=torch.channels_last).train()
+    images = IdxImages("fashion-mnist", data, "train", transform=None)
+    x_all, y_all = images.images, images.labels
+    per_epoch = math.ceil(len(y_all) / BATCH)
+    opt = torch.optim.AdamW(model.parameters(), lr=POLISH_LR, weight_decay=WEIGHT_DECAY)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, per_epoch)
+    perm, started = torch.randperm(len(y_all), generator=g), time.time()
+    for k in range(per_epoch):
+        idx = perm[k * BATCH : (k + 1) * BATCH]
+        x = _augmented_batch(x_all[idx], SIZE, g)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            logits = model(x)
+        loss = F.cross_entropy(logits.float(), y_all[idx], label_smoothing=SMOOTHING)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        sched.step()
+        if (k + 1) % 50 == 0 or k + 1 == per_epoch:
+            log(f"polish step {k + 1}/{per_epoch}: loss {float(loss.detach()):.4f}, "
+                f"{time.time() - started:.0f} s")  # fmt: skip
+    model.to(memory_format=torch.contiguous_format).eval()
+    return {"polish": {"size": SIZE, "epochs": 1, "lr": POLISH_LR},
+            "polish_seconds": round(time.time() - started, 1)}  # fmt: skip
+
+
 def test_accuracy(model: torch.nn.Module, data: Path) -> dict:
     """Top-1/top-5 on the official test split through adntn's own source and evaluation."""
     val = make_datasets(f"fashion-mnist:{data}", SIZE, 10, train=False).val
@@ -117,19 +152,29 @@ def test_accuracy(model: torch.nn.Module, data: Path) -> dict:
 
 
 def fashion_teacher(data: Path = FASHION, seed: int = 0, log=print) -> tuple[Path, dict]:
-    """The trained teacher's file (trained and cached when missing) and its record."""
+    """The trained teacher's file (trained and cached when missing) and its record: the main
+    schedule, then ``polish``. A cached checkpoint of the main schedule alone (an earlier
+    version of this file) is polished, not retrained: the same steps in the same order."""
     path = teacher_path(seed)
     record = path.with_suffix(".json")
-    if path.exists() and record.exists():
-        return path, json.loads(record.read_text())
+    info = json.loads(record.read_text()) if path.exists() and record.exists() else None
+    if info is not None and "polish" in info:
+        return path, info
     CACHE.mkdir(exist_ok=True)
-    model, info = train(data, seed, log)
+    if info is None:
+        model, info = train(data, seed, log)
+        info["top1_before_polish"] = test_accuracy(model, data)["top1"]
+    else:
+        model = build_model("alexnet", 10)
+        model.load_state_dict(torch.load(path, weights_only=True)["state_dict"])
+        info["top1_before_polish"] = info.pop("top1")
+    info.update(polish(model, data, seed, log))
     acc = test_accuracy(model, data)
     info.update(top1=acc["top1"], top5=acc["top5"], loss=acc["loss"], test_images=acc["n"])
     log(f"teacher alexnet@{SIZE} on Fashion-MNIST: test top-1 {acc['top1']:.4f}")
     saved = {"state_dict": model.state_dict(), "arch": "alexnet", "num_classes": 10}
-    torch.save({**saved, "input_size": SIZE}, path)
-    record.write_text(json.dumps(info, indent=1) + "\n")
+    write_bytes(path, torch_bytes({**saved, "input_size": SIZE}))  # atomic: never half a file
+    write_text(record, json.dumps(info, indent=1) + "\n")
     return path, info
 
 
