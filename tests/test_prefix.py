@@ -208,5 +208,5 @@ def test_distill_train_freezes_what_it_says_and_head_keeps_the_prefix_cacheable(
     freeze(student, ["5"], train)
     trained = {n.split(".")[0] for n, p in student.named_parameters() if p.requires_grad}
     assert trained == trains
-    cache, decision = _cache(student, teacher, _data(), train=train)
+    _, decision = _cache(student, teacher, _data(), train=train)
     assert decision.used == (train != "all")

@@ -153,7 +153,9 @@ class Finetune(_Strict):
         default=0.0, ge=0, description="weight of matching the replaced layers' outputs"
     )
     dropout: bool = Field(
-        default=True, description="the model's dropout layers stay active (false: off)"
+        default=False,
+        description="the model's dropout layers stay active while the student trains (default "
+        "off: the student fits the teacher's eval-mode outputs)",
     )
     eval_every: PositiveInt | None = None
     checkpoint_every: PositiveInt = 200

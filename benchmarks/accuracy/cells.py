@@ -169,6 +169,8 @@ TUNING: dict[str, dict] = {
     "feature-1": {"finetune": {"feature_weight": 1.0}},
     "feature-0.1": {"finetune": {"feature_weight": 0.1}},
     "train-all": {"train": "all"},
+    "train-head": {"train": "head"},
+    "steps-6000": {"finetune": {"steps": 6000}},
 }
 
 
