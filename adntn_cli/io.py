@@ -11,14 +11,13 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
 
-from .atomic import temp_path, torch_bytes, write_bytes
+from .atomic import torch_bytes, write_bytes
 from .errors import ModelError, UnsafeFileError
 from .fileformat import (
     FORMAT,
@@ -33,6 +32,7 @@ from .models import MAX_HEADER_BYTES
 from .report import CompressionReport
 
 if TYPE_CHECKING:
+    from .onnxfile import OnnxExport
     from .plan import Plan
 
 __all__ = [
@@ -237,29 +237,17 @@ def export_dense(source: Path, out: Path) -> int:
     return write_bytes(out, torch_bytes({"state_dict": state, **facts}))
 
 
-def export_onnx(source: Path, out: Path, input_size: int | None = None) -> int:
-    """The dense form of ``source`` as ONNX (needs the onnx package); returns the file size."""
-    from .plan import densify_
+def export_onnx(
+    source: Path, out: Path, *, input_size: int | None = None, **options: Any
+) -> OnnxExport:
+    """``source`` (a compressed file) as ONNX at ``out``: compressed by default (the cores and
+    their contraction in the graph), ``weights="dense"`` materialised; see onnxfile.py."""
+    from .onnxfile import export_model_onnx
 
-    try:
-        import onnx  # noqa: F401
-    except ImportError:
-        raise ModelError("--onnx needs the onnx package (pip install onnx)") from None
     header = read_header(Path(source))
+    model = load_compressed(source)
     size = input_size or header.input_size
-    model = densify_(load_compressed(source))
-    dummy = torch.randn(1, 3, size, size)
-    out = Path(out)
-    tmp = temp_path(out)  # exported beside ``out``, renamed when complete
-    try:
-        torch.onnx.export(
-            model, (dummy,), str(tmp), input_names=["images"], output_names=["logits"]
-        )
-        os.replace(tmp, out)
-    except Exception as err:  # exporters fail in many ways; say which
-        tmp.unlink(missing_ok=True)
-        raise ModelError(f"ONNX export of {header.arch} failed: {err}") from None
-    return out.stat().st_size
+    return export_model_onnx(model, out, input_size=size, label=header.arch, **options)
 
 
 def file_report(path: Path) -> CompressionReport:

@@ -157,6 +157,7 @@ class GeneratedLinear(GeneratedModule):
             nn.Parameter(torch.zeros(out_features, device=device, dtype=dtype)) if bias else None
         )
         self.last_schedule: str | None = None
+        self.fixed_schedule: str | None = None  # set: every batch runs it (an ONNX export)
         self._schedules: dict[tuple, str] = {}
 
     @classmethod
@@ -194,8 +195,9 @@ class GeneratedLinear(GeneratedModule):
         return self._schedules[key]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        batch = max(1, x.numel() // self.in_features)
-        self.last_schedule = self.schedule(batch)
+        self.last_schedule = self.fixed_schedule or self.schedule(
+            max(1, x.numel() // self.in_features)
+        )
         if self.last_schedule == "contract":  # in the cores' dtype, the output cast back
             out_dtype = autocast_dtype(x.device) or x.dtype
             y = self.generator.contract(x)

@@ -1,7 +1,8 @@
-"""``adntn export``: a compressed model as an ordinary state dict (and ONNX)."""
+"""``adntn export``: a compressed model as an ordinary state dict, and as ONNX."""
 
 from __future__ import annotations
 
+from enum import Enum
 from pathlib import Path
 from typing import Annotated
 
@@ -10,6 +11,11 @@ from rich.markup import escape
 
 from ..errors import AdntnError
 from .app import app, handle_errors, out
+
+
+class OnnxWeights(str, Enum):
+    compressed = "compressed"
+    dense = "dense"
 
 
 @app.command()
@@ -21,14 +27,33 @@ def export(
     dense: Annotated[
         Path | None, typer.Option("--dense", help="Write a plain state dict (.safetensors or .pt).")
     ] = None,
-    onnx: Annotated[Path | None, typer.Option("--onnx", help="Write ONNX (needs onnx).")] = None,
+    onnx: Annotated[
+        Path | None,
+        typer.Option("--onnx", help="Write ONNX (needs adntn[onnx]); any batch size runs it."),
+    ] = None,
+    onnx_weights: Annotated[
+        OnnxWeights,
+        typer.Option(
+            "--onnx-weights",
+            help="compressed: the cores and their contraction in the graph; dense: plain weights.",
+        ),
+    ] = OnnxWeights.compressed,
+    opset: Annotated[int, typer.Option("--opset", min=18, help="ONNX opset (18 or newer).")] = 18,
+    batch: Annotated[
+        int, typer.Option("--batch", min=1, help="The batch size the schedules are chosen for.")
+    ] = 8,
+    force: Annotated[bool, typer.Option("--force", help="Replace existing output files.")] = False,
 ) -> None:
-    """Materialise every generated weight for runtimes that know nothing of tensor networks.
+    """Export a compressed model for runtimes that know nothing of tensor networks.
+
+    --dense materialises every generated weight into the plain architecture's state dict. --onnx
+    writes a self-contained .onnx that keeps the compression: each generated layer's cores, and
+    their contraction (or the generation of its weight) as graph nodes.
 
     Examples:
       adntn export runs/demo/compressed/model.safetensors --dense demo_dense.safetensors
-      adntn export runs/vgg16-1 --dense vgg16_dense.safetensors
-      adntn export model.safetensors --dense model.pt --onnx model.onnx
+      adntn export runs/vgg16-1 --onnx vgg16.onnx
+      adntn export model.safetensors --onnx model_dense.onnx --onnx-weights dense
     """
     from ..io import export_dense, export_onnx
     from ..tn import format_bytes
@@ -38,11 +63,20 @@ def export(
         raise AdntnError("nothing to export: give --dense OUT and/or --onnx OUT")
     compressed = compressed_file(compressed)
     if dense is not None:
+        if dense.exists() and not force:
+            raise AdntnError(f"{dense} exists; choose another name or pass --force to replace it")
         size = export_dense(compressed, dense)
         out.print(
             escape(f"wrote {dense} ({format_bytes(size)}): loads into the plain architecture"),
             highlight=False,
         )
     if onnx is not None:
-        size = export_onnx(compressed, onnx)
-        out.print(escape(f"wrote {onnx} ({format_bytes(size)})"), highlight=False)
+        done = export_onnx(
+            compressed, onnx, weights=onnx_weights.value, opset=opset, batch=batch, force=force
+        )
+        files = f"{done.path}" + (f" + {done.data_path.name}" if done.data_path else "")
+        kind = "cores and contractions" if done.weights == "compressed" else "dense weights"
+        out.print(
+            escape(f"wrote {files} ({format_bytes(done.bytes)}, {kind}, opset {done.opset})"),
+            highlight=False,
+        )

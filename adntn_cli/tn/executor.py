@@ -96,12 +96,23 @@ def permute_copy(x: torch.Tensor, perm: Sequence[int]) -> torch.Tensor:
     return _PermuteCopy.apply(x, tuple(perm))
 
 
+def _known(size: int | torch.SymInt) -> bool:
+    """Whether a size is a number now (not a symbol of a graph being traced, e.g. the batch of
+    an ONNX export with a dynamic batch axis: no branch may depend on one)."""
+    return not isinstance(size, torch.SymInt)
+
+
 def local_op(t: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
-    """Apply ``u`` (E, D) to the middle axis of ``t`` (L, D, R); returns (L, E, R)."""
+    """Apply ``u`` (E, D) to the middle axis of ``t`` (L, D, R); returns (L, E, R).
+
+    The layout is chosen by the sizes; where L or E is symbolic (a traced batch) only layouts
+    valid for every value are used."""
     n, d, r = t.shape
     e = u.shape[0]
-    if r == 1:
+    if r == 1:  # (L, D) @ (D, E) -> (L, E, 1)
         return (t.reshape(n, d) @ u.transpose(0, 1)).reshape(n, e, 1)
+    if not (_known(n) and _known(e)):  # (E, D) @ (L, D, R), broadcast -> (L, E, R)
+        return torch.matmul(u, t)
     if n == 1:
         return (u @ t.reshape(d, r)).reshape(1, e, r)
     if r <= KRON_MAX:  # (L, D R) @ (D R, E R): one GEMM, r times the (cheap) multiply-adds
@@ -163,8 +174,12 @@ def plan_path(
     path: Sequence[Sequence[int]],
     sizes: Mapping[str, int],
     rank: Mapping[str, float],
+    free: str | None = None,
 ) -> tuple[list[PairPlan], tuple[str, ...]]:
-    """Plans for every contraction of ``path``; returns them and the final canonical indices."""
+    """Plans for every contraction of ``path``; returns them and the final canonical indices.
+
+    ``free`` names an index whose extent is known only at run time (the batch): result shapes
+    give it as -1, so one plan runs every extent."""
     ops = [tuple(o) for o in operands]
     plans = []
     for pos in path:
@@ -173,7 +188,7 @@ def plan_path(
         keep = set(out).union(*ops)
         union = list(dict.fromkeys(i for o in popped for i in o))
         res = tuple(sorted((i for i in union if i in keep), key=lambda i: rank[i]))
-        shape = tuple(sizes[i] for i in res)
+        shape = tuple(-1 if i == free else sizes[i] for i in res)
         plan = None
         if len(popped) == 2:
             a, b = popped
@@ -221,9 +236,9 @@ def run_path(plans: Sequence[PairPlan], operands: Sequence[torch.Tensor]) -> tor
         popped = [ops.pop(p) for p in plan.pos]
         if plan.kind == "local":
             t, u = popped[plan.big], popped[1 - plan.big]
-            n, d, r, e = plan.lde
-            u2 = u.permute(plan.u_perm).reshape(e, d).contiguous()  # small: a cheap copy
-            res = local_op(t.reshape(n, d, r), u2).reshape(plan.out_shape)
+            _, d, r, _ = plan.lde  # L and E from the tensors: either may hold the batch
+            u2 = u.permute(plan.u_perm).reshape(-1, d).contiguous()  # (E, D), small: cheap
+            res = local_op(t.reshape(-1, d, r), u2).reshape(plan.out_shape)  # (L, D, R)
         elif plan.kind == "tensordot":
             res = torch.tensordot(popped[0], popped[1], dims=plan.dims).permute(plan.perm)
         else:

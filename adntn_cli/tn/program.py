@@ -190,6 +190,7 @@ class _Compiled:
         memory_limit: int | None,
         rank: Mapping[str, float],
         path: list[tuple[int, ...]] | None = None,
+        free: str | None = None,
     ) -> None:
         self.step = step
         self.activation = get_activation(step.activation)
@@ -208,7 +209,7 @@ class _Compiled:
                 f"{memory_limit:,} elements"
             ) from None
         terms = [op.indices for op in step.operands]
-        self.plans, final = plan_path(terms, step.out_indices, path, sizes, rank)
+        self.plans, final = plan_path(terms, step.out_indices, path, sizes, rank, free)
         if len(terms) == 1 and set(final) != set(step.out_indices):  # a lone trace or sum
             final = tuple(sorted(step.out_indices, key=lambda i: rank[i]))
             self.plans = [PairPlan((0,), "einsum", final, eq=self._equation(terms, final))]
@@ -257,6 +258,7 @@ class Program:
         self.memory_limit = memory_limit
         self._contract_cache: dict[int, tuple[_Compiled, PathCost]] = {}
         self._contract_paths: dict[int, list[tuple[int, ...]]] = {}  # batch bucket -> path
+        self.fixed_batch: int | None = None  # see fix_contract
         cores = set(self.core_names)
         own = [op.name for op in final.operands if op.name in cores]
         # The output scale is folded into the final step's smallest core when the output is linear.
@@ -329,7 +331,7 @@ class Program:
                 self._contract_paths[bucket] = searched.path
             sizes = {**self.sizes, BATCH: batch}
             path = self._contract_paths[bucket]
-            compiled = _Compiled(step, sizes, self.memory_limit, self.rank, path=path)
+            compiled = _Compiled(step, sizes, self.memory_limit, self.rank, path, BATCH)
             self._contract_cache[batch] = (compiled, self._prefix_cost() + compiled.cost)
         return self._contract_cache[batch]
 
@@ -337,11 +339,19 @@ class Program:
         """Contract schedule at ``batch``: the prefix steps and ``x`` through the final step."""
         return self._contract_step(batch)[1]
 
+    def fix_contract(self, batch: int | None) -> None:
+        """Run every batch with the path compiled for ``batch`` (None: each its own). A traced
+        graph (an ONNX export) must not branch on its batch: its plans take any batch."""
+        if batch is not None:
+            self._contract_step(batch)
+        self.fixed_batch = batch
+
     def contract(
         self, cores: Mapping[str, torch.Tensor], x: torch.Tensor, scale: torch.Tensor | None = None
     ) -> torch.Tensor:
         """``y[b, o...] = sum_i W[o..., i...] x[b, i...]`` without forming W."""
-        compiled, _ = self._contract_step(x.shape[0])
+        batch = self.fixed_batch if self.fixed_batch is not None else x.shape[0]
+        compiled, _ = self._contract_step(batch)
         env = self._run_prefix(cores, scale)
         env[BATCH] = x
         return compiled.linear_part(self._operands(compiled, env))

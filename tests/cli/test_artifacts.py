@@ -101,12 +101,32 @@ def test_export_dense_matches_the_compressed_logits(run, tmp_path, suffix):
         torch.testing.assert_close(plain.eval()(x), compressed(x), rtol=1e-5, atol=1e-5)
 
 
-def test_onnx_export_when_available(run, tmp_path):
-    pytest.importorskip("onnx")
+def test_onnx_export_through_the_cli_runs_from_a_copy_at_any_batch(run, tmp_path):
+    import numpy as np
+    import onnxruntime as ort
+
     _, _, out = run
-    result = runner.invoke(app, ["export", str(out / "model.safetensors"), "--onnx",
-                                 str(tmp_path / "m.onnx")])  # fmt: skip
+    onnx = tmp_path / "export" / "m.onnx"
+    args = ["export", str(out / "model.safetensors"), "--onnx", str(onnx)]
+    result = runner.invoke(app, args)
     assert result.exit_code == 0, result.output
+    assert f"wrote {onnx} (" in result.output and "cores and contractions" in result.output
+    assert sorted(p.name for p in onnx.parent.iterdir()) == ["m.onnx"]
+    copy = tmp_path / "copy.onnx"
+    copy.write_bytes(onnx.read_bytes())
+    session = ort.InferenceSession(str(copy), providers=["CPUExecutionProvider"])
+    model = load_compressed(out / "model.safetensors")
+    for batch in (1, 8):
+        x = torch.randn(batch, 3, 32, 32)
+        with torch.no_grad():
+            want = model(x).numpy()
+        (got,) = session.run(None, {"images": x.numpy()})
+        assert np.abs(got - want).max() <= 1e-4 * np.abs(want).max()
+    again = runner.invoke(app, args)  # the file is kept: exit 2, one line
+    assert again.exit_code == 2 and "exists" in again.output and "--force" in again.output
+    assert runner.invoke(app, [*args, "--force"]).exit_code == 0
+    bad = runner.invoke(app, [*args, "--force", "--opset", "17"])
+    assert bad.exit_code == 2
 
 
 def _damaged(run, tmp_path, kind):
