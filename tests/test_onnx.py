@@ -126,7 +126,7 @@ def test_existing_files_are_kept_unless_forced(tmp_path):
     model = _compressed("tt")
     out = tmp_path / "m.onnx"
     out.write_bytes(b"the user's file")
-    with pytest.raises(AdntnError, match="exists; .* --force"):
+    with pytest.raises(AdntnError, match=r"exists; .* --force"):
         export_model_onnx(model, out, input_size=SIZE)
     assert out.read_bytes() == b"the user's file"
     stale = tmp_path / "m.onnx.data"
