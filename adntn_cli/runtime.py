@@ -7,6 +7,7 @@ The model switches act in place on every generated layer and leave the state dic
 from __future__ import annotations
 
 import contextlib
+import logging
 from dataclasses import dataclass
 
 import torch
@@ -26,6 +27,19 @@ __all__ = [
 ]
 
 PRECISIONS = ("auto", "bf16", "fp32")
+log = logging.getLogger("adntn")
+
+
+def cpu_has_native_bf16() -> bool | None:
+    """Whether this CPU computes in bf16 natively (AVX512-BF16 or AMX); None when torch cannot
+    say. Without it bf16 autocast is emulated: on a 2-core AVX2 EPYC an AlexNet training step
+    took 25x as long as in float32 (61 s against 2.4 s, batch 128 at 112x112)."""
+    probes = [
+        getattr(torch.cpu, n, None) for n in ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
+    ]
+    if any(p is None for p in probes):
+        return None
+    return any(p() for p in probes)
 
 
 @dataclass(frozen=True)
@@ -60,6 +74,11 @@ def resolve_precision(name: str, device: torch.device | str) -> MixedPrecision:
         return MixedPrecision(kind)
     if kind not in ("cuda", "cpu"):
         raise AdntnError(f"bf16 autocast runs on cuda or cpu, not on {kind}; use fp32")
+    if kind == "cpu" and cpu_has_native_bf16() is False:
+        log.warning(
+            "bf16 on this CPU is emulated (no AVX512-BF16 or AMX): many times slower than fp32; "
+            "--precision fp32 (or auto) is faster here"
+        )
     return MixedPrecision(kind, torch.bfloat16)
 
 

@@ -177,6 +177,24 @@ def test_precision_names_resolve_per_device():
     assert resolve_precision("fp32", "cuda").dtype is None
 
 
+@pytest.mark.parametrize("native", [True, False, None])
+def test_bf16_on_a_cpu_that_emulates_it_is_warned_about(native, monkeypatch, caplog):
+    from adntn_cli import runtime
+
+    monkeypatch.setattr(runtime, "cpu_has_native_bf16", lambda: native)
+    with caplog.at_level("WARNING", logger="adntn"):
+        assert resolve_precision("bf16", "cpu").name == "bf16"
+        resolve_precision("auto", "cpu")
+    warned = [r.getMessage() for r in caplog.records if "emulated" in r.getMessage()]
+    assert len(warned) == (1 if native is False else 0)
+
+
+def test_the_bf16_probe_answers_on_this_cpu():
+    from adntn_cli.runtime import cpu_has_native_bf16
+
+    assert cpu_has_native_bf16() in (True, False)  # torch's probes exist in the tested range
+
+
 @pytest.mark.slow
 def test_a_compiled_generator_trains_under_cpu_autocast():
     torch.manual_seed(0)
