@@ -69,3 +69,119 @@ def distill_schedule(
         layers, d.layerwise.steps, d.layerwise.batches * batch, batch, train_images,
         select_images, steps, rule,
     )  # fmt: skip
+
+
+# -- what it should take ----------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class TimeEstimate:
+    """A roofline estimate of a compress run's compute (``seconds``), by part, on ``device``."""
+
+    device: str
+    flops_per_s: float
+    seconds: dict[str, float]  # layer-wise, prefix cache, end-to-end, evaluation
+    cached_prefix: bool
+
+    @property
+    def total(self) -> float:
+        return sum(self.seconds.values())
+
+    def describe(self) -> str:
+        parts = ", ".join(f"{k} {_duration(v)}" for k, v in self.seconds.items() if v >= 0.5)
+        return (
+            f"expected time: about {_duration(self.total)} of compute on a {self.device} at "
+            f"{self.flops_per_s / 1e9:,.0f} GFLOP/s ({parts}; a roofline of the FLOPs: "
+            "real runs are within a few times of it)"
+        )
+
+
+def _duration(seconds: float) -> str:
+    if seconds < 90:
+        return f"{seconds:.0f} s"
+    if seconds < 5400:
+        return f"{seconds / 60:.0f} min"
+    return f"{seconds / 3600:.1f} h"
+
+
+def leaf_flops(model, input_size: int) -> list[tuple[str, int]]:
+    """FLOPs per image of every leaf module, in the order a forward pass runs them (counted on
+    ``model``'s device: the meta device costs nothing)."""
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+
+    device = next(model.parameters()).device
+    x = torch.zeros(2, 3, input_size, input_size, device=device)
+    order: list[tuple[str, int]] = []
+    counter = FlopCounterMode(display=False)
+    starts: dict[str, int] = {}
+
+    def before(name):
+        return lambda *_: starts.__setitem__(name, counter.get_total_flops())
+
+    def after(name):
+        return lambda *_: order.append((name, (counter.get_total_flops() - starts[name]) // 2))
+
+    leaves = [(n, m) for n, m in model.named_modules() if n and not list(m.children())]
+    hooks = [h for n, m in leaves for h in (m.register_forward_pre_hook(before(n)),
+                                            m.register_forward_hook(after(n)))]  # fmt: skip
+    try:
+        with torch.no_grad(), counter:
+            model.eval()(x)
+    finally:
+        for h in hooks:
+            h.remove()
+    return order
+
+
+def expected_time(
+    model, records, recipe: Recipe, sched: DistillSchedule, val_images: int | None = None,
+    device: str = "cpu",
+) -> TimeEstimate:  # fmt: skip
+    """The compute a compress run of ``recipe`` on the dense ``model`` (meta is fine) should take,
+    from its FLOPs and the cost model's device throughput (``tn.cost``). ``records`` are the plan's
+    LayerRecords; ``sched`` must have counted the data (``finetune_steps`` set).
+
+    Counted: the layer-wise fit (the calibration images' forward pass once, then per step each
+    generator's weight and the layer on one batch, forward and backward); the frozen prefix once
+    per image when it is cached (``train`` not ``all`` and ``cache_frozen_prefix`` auto, up to
+    the first replaced layer or dropout); each end-to-end step (the teacher's forward where not
+    cached, the student's forward and backward, generating materialised weights); the selection
+    passes (one per epoch and per ``eval_every``) and the final evaluation of both models."""
+    from .distill import DROPOUT
+    from .tn.cost import device_profile
+
+    leaves = leaf_flops(model, recipe.model.input_size)
+    replaced = {r.layer: r for r in records}
+    dropouts = {n for n, m in model.named_modules() if isinstance(m, DROPOUT)}
+    d = recipe.distill
+    total = sum(f for _, f in leaves)
+    first = next((k for k, (n, _) in enumerate(leaves) if n in replaced or n in dropouts), 0)
+    cached = d.train != "all" and d.cache_frozen_prefix == "auto" and first > 0
+    prefix = sum(f for _, f in leaves[:first]) if cached else 0
+    contracted = sum(f for n, f in leaves if n in replaced and replaced[n].schedule == "contract")
+    student = total - contracted  # a contracted layer costs a small fraction of its dense GEMM
+    generate = sum(r.flops for r in records if r.schedule != "contract")  # per step
+    batch, n_train = sched.batch, sched.train_images or 0
+    n_select, steps = sched.select_images or 0, sched.finetune_steps or 0
+    layer_flops = dict(leaves)
+    layerwise = total * sched.calibration_images + sched.layerwise_steps * sum(
+        3 * (r.flops + layer_flops.get(r.layer, 0) * batch) for r in records
+    )
+    head_teacher = 0 if cached else total
+    per_step = head_teacher * batch + 3 * (student - prefix) * batch + 3 * generate
+    per_epoch = max(1, math.ceil(n_train / batch))
+    passes = math.ceil(steps / per_epoch) + (
+        steps // d.finetune.eval_every if d.finetune.eval_every else 0
+    )
+    seconds_of = device_profile(device).flops_per_s
+    parts = {
+        "layer-wise": layerwise,
+        "prefix cache": (prefix * (n_train + n_select) + (total - prefix) * n_train)
+        if cached
+        else 0,
+        "end-to-end": per_step * steps,
+        "evaluation": passes * (student - prefix) * n_select
+        + (total + student) * (val_images or 0),
+    }
+    return TimeEstimate(device, seconds_of, {k: v / seconds_of for k, v in parts.items()}, cached)

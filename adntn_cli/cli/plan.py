@@ -59,9 +59,21 @@ def plan(
     net, found = meta_model(model, arch, num_classes, recipe=rec)
     budget = int(memory_gb * 2**30) if memory_gb else None
     p = make_plan(net, rec, source=source, memory_budget=budget, batch=batch)
-    sched = _schedule(rec, len(p.layers), data or rec.data.train, found.num_classes)
+    sched, val_images = _schedule(rec, len(p.layers), data or rec.data.train, found.num_classes)
+    expected = None
+    if sched.finetune_steps is not None:
+        import torch
+
+        from ..schedule import expected_time
+
+        kind = "cuda" if torch.cuda.is_available() else "cpu"
+        records = [lp.record for lp in p.layers]
+        expected = expected_time(net, records, rec, sched, val_images, device=kind)
     if json_:
-        typer.echo(json.dumps({**p.to_dict(), "distill": dataclasses.asdict(sched)}, indent=1))
+        extra = {"distill": dataclasses.asdict(sched)}
+        if expected is not None:
+            extra["expected_time"] = {**dataclasses.asdict(expected), "total": expected.total}
+        typer.echo(json.dumps({**p.to_dict(), **extra}, indent=1))
         return
     out.print(layer_table([lp.record for lp in p.layers], escape(f"plan: {source} on {model}")))
     t = p.totals
@@ -74,18 +86,24 @@ def plan(
         f"({t.ratio:,.1f}x fewer)"
     )
     out.print(escape(f"distillation: {sched.describe()}"))
+    if expected is not None:
+        out.print(escape(expected.describe()))
 
 
-def _schedule(rec, layers: int, spec: str | None, num_classes: int) -> DistillSchedule:
-    """The distillation schedule, the training images counted when a source is known."""
+def _schedule(
+    rec, layers: int, spec: str | None, num_classes: int
+) -> tuple[DistillSchedule, int | None]:
+    """The distillation schedule, the training images counted when a source is known; and the
+    number of validation images (None when not counted)."""
     from ..data import make_datasets
     from ..schedule import distill_schedule
 
     if not spec:
-        return distill_schedule(rec, layers)
+        return distill_schedule(rec, layers), None
     data = make_datasets(
         spec, rec.model.input_size, num_classes, preprocess=rec.data.preprocessing(),
         holdout=rec.data.holdout,
     )  # fmt: skip
     select = len(data.select) if data.select is not None else 0
-    return distill_schedule(rec, layers, len(data.train), select)
+    val = len(data.val) if data.val is not None else None
+    return distill_schedule(rec, layers, len(data.train), select), val

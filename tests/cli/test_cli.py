@@ -1,8 +1,10 @@
 """Every command end to end through Typer's CliRunner; bad input exits with code 2."""
 
+import dataclasses
 import json
 import subprocess
 import sys
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -96,6 +98,37 @@ def test_plan_says_how_many_distillation_steps_a_run_takes(tmp_path):
     # 750 training images, 75 held out: 675 / 16 -> 43 steps a pass; at least 1,000 steps
     assert d["train_images"] == 675 and d["select_images"] == 75
     assert d["finetune_steps"] == 1000 and d["layerwise_steps"] == 200
+    t = json.loads(counted.stdout)["expected_time"]
+    assert t["total"] > 0 and t["seconds"]["end-to-end"] > 0 and t["cached_prefix"]
+    text = run("plan", "torchvision:demo_vgg", "--recipe", str(recipe), "--data", "synthetic:1000")
+    assert "expected time: about" in text.output and "GFLOP/s" in text.output
+
+
+def test_the_expected_time_counts_each_part_of_a_run():
+    from adntn_cli.recipe import parse_recipe
+    from adntn_cli.schedule import distill_schedule, expected_time, leaf_flops
+
+    net = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(12, 20), torch.nn.ReLU(),
+                              torch.nn.Linear(20, 5)).to("meta")  # fmt: skip
+    assert leaf_flops(net, 2) == [("0", 0), ("1", 2 * 12 * 20), ("2", 0), ("3", 2 * 20 * 5)]
+    layer = {"select": "3", "structure": "ttn", "bond_dim": 2}
+
+    def estimate(distill: dict, steps: int):
+        rec = parse_recipe({"version": 1, "model": {"arch": "x", "num_classes": 5,
+                            "input_size": 2}, "layers": [layer], "distill": distill,
+                            "data": {"batch_size": 10}})  # fmt: skip
+        sched = distill_schedule(rec, 1, train_images=100, select_images=10)
+        record = SimpleNamespace(layer="3", flops=1000, schedule="materialise")
+        sched = dataclasses.replace(sched, finetune_steps=steps)
+        return expected_time(net, [record], rec, sched, val_images=50)
+
+    one, two = estimate({}, 100), estimate({}, 200)
+    assert one.cached_prefix and two.seconds["end-to-end"] == 2 * one.seconds["end-to-end"]
+    flops = 1e11  # the CPU profile: per step the student's head (Linear 3) forward and backward
+    assert one.seconds["end-to-end"] == pytest.approx(100 * (3 * 200 * 10 + 3 * 1000) / flops)
+    whole = estimate({"train": "all"}, 100)  # no cache: the teacher runs at every step
+    assert not whole.cached_prefix and whole.seconds["prefix cache"] == 0
+    assert whole.seconds["end-to-end"] > one.seconds["end-to-end"]
 
 
 def test_plan_on_a_state_dict_file_uses_the_recipe_arch(tmp_path):
