@@ -9,9 +9,10 @@
 The ``fashion`` grid needs the Debian package ``dataset-fashion-mnist``; its teacher is trained
 and cached by fashion_teacher.py. Its cells are ``adntn compress`` with a recipe that has no
 ``distill:`` section (adntn's defaults; a ``--variant`` from cells.TUNING adds one setting),
-``--precision bf16`` and ``--prefix-cache`` (benchmarks/accuracy/.cache/prefix: the conv
-prefix of the 60,000 training images is computed once for the whole grid), evaluated on all
-10,000 test images; results go to accuracy-fashion.json/.md/.png.
+``--precision bf16`` (fp32 on a CPU that would emulate bf16: ``_precision``) and
+``--prefix-cache`` (benchmarks/accuracy/.cache/prefix: the conv prefix of the 60,000 training
+images is computed once for the whole grid), evaluated on all 10,000 test images; results go to
+accuracy-fashion.json/.md/.png.
 
 Every finished cell is appended to benchmarks/results/accuracy.json at once (atomically), and a
 cell already there is skipped, so shards and interrupted runs add up to one results file;
@@ -31,6 +32,8 @@ from dataclasses import replace
 from pathlib import Path
 
 import torch
+
+from adntn_cli.runtime import cpu_has_native_bf16
 
 sys.path.insert(0, str(Path(__file__).parent))
 
@@ -155,7 +158,7 @@ def _meta(args: argparse.Namespace, argv: list[str] | None) -> dict:
     }
     if fashion:
         meta["data"] = f"fashion-mnist:{args.data}"
-        meta["flags"] = "--precision bf16 --prefix-cache " + str(PREFIX_STORE)
+        meta["flags"] = f"--precision {_precision(args)} --prefix-cache {PREFIX_STORE}"
     if args.out.exists():
         meta["teachers"] = json.loads(args.out.read_text()).get("teachers", {})
     return meta
@@ -171,11 +174,17 @@ def _teacher_for(args, cell: Cell, meta: dict) -> Path:
     return path
 
 
+def _precision(args) -> str:
+    """The fashion grid's precision: bf16, except on a CPU that would emulate it (25x slower)."""
+    emulated = args.device == "cpu" and cpu_has_native_bf16() is False
+    return "fp32" if emulated else "bf16"
+
+
 def _runner(args) -> Runner:
     if args.grid != "fashion":
         return Runner(args.device)
     data = f"fashion-mnist:{args.data}"
-    return Runner(args.device, data, "bf16", PREFIX_STORE, sqnr_images=1000)
+    return Runner(args.device, data, _precision(args), PREFIX_STORE, sqnr_images=1000)
 
 
 def _todo(args, rows: list[dict]) -> tuple[list[Cell], set[str]]:
