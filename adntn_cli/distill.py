@@ -115,6 +115,19 @@ def _relative_error(
     return num / max(den, 1e-30)
 
 
+def _svd_start(layer: nn.Module, dense: nn.Module) -> bool:
+    """Set every chain generator of ``layer`` from ``dense``'s weight; whether any was set."""
+    from .tn.svdstart import chain_order, svd_start_
+
+    gens = getattr(layer, "generators", dict)()
+    chains = [g for g in gens.values() if chain_order(g) is not None]
+    weight = getattr(dense, "weight", None)
+    if not chains or len(gens) != 1 or weight is None:
+        return False
+    svd_start_(chains[0], weight)
+    return True
+
+
 def layerwise_fit(
     teacher: nn.Module,
     student: nn.Module,
@@ -126,8 +139,13 @@ def layerwise_fit(
     device: torch.device | str = "cpu",
     callback: Callback = _quiet,
     precision: MixedPrecision | None = None,
+    start: str = "random",
 ) -> dict[str, dict[str, float]]:
     """Fit each named student layer to the teacher layer's outputs; returns relative errors.
+
+    ``start="svd"`` first sets each multilinear chain generator (tt, lowrank) from a TT-SVD of
+    the teacher layer's weight (tn/svdstart.py), kept where its error on the calibration
+    outputs is below the random start's (``results[name]["start"]`` says which was kept).
 
     The loss is the squared error relative to the teacher output's power (in float32), with Adam
     and a cosine decay; the teacher and the layer run under ``precision``'s autocast, as they
@@ -147,6 +165,14 @@ def layerwise_fit(
         layer.train()
         before = {key: v.detach().clone() for key, v in layer.state_dict().items()}
         initial = _relative_error(layer, pairs, precision)
+        kept = "random"
+        if start == "svd" and _svd_start(layer, teacher.get_submodule(name)):
+            svd = _relative_error(layer, pairs, precision)
+            if math.isfinite(svd) and svd < initial:
+                before = {key: v.detach().clone() for key, v in layer.state_dict().items()}
+                initial, kept = svd, "svd"
+            else:
+                layer.load_state_dict(before)
         params = [p for p in layer.parameters() if p.requires_grad]
         opt = torch.optim.Adam(params, lr=lr)
         sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, max(1, steps))
@@ -168,6 +194,8 @@ def layerwise_fit(
             layer.load_state_dict(before)
             final = initial
         results[name] = {"initial": initial, "final": final}
+        if start != "random":
+            results[name]["start"] = kept
         callback(Event("layerwise", k + 1, len(fit_names), results[name], f"{name} done"))
     return results
 

@@ -344,7 +344,7 @@ def fit_layers(job: CompressJob, run: Run) -> None:
     calib = [x for _, (x, _) in zip(range(lw.batches), calib_loader, strict=False)]
     run.fit = layerwise_fit(
         run.teacher, run.student, run.names, calib, steps=lw.steps, lr=lw.lr, device=run.device,
-        callback=run.callback, precision=run.amp,
+        callback=run.callback, precision=run.amp, start=lw.start,
     )  # fmt: skip
     run.recalibrated = recalibrate_batchnorm(run.student, calib, run.device)
     if run.dist.main:

@@ -195,7 +195,7 @@ class CompressionReport(_Record):
     git_commit: str | None = None
     accuracy: Accuracy | None = None
     selection: dict[str, Any] | None = None  # where the checkpoint was chosen (None: final)
-    layerwise: dict[str, dict[str, float]] | None = None
+    layerwise: dict[str, dict[str, float | str]] | None = None
     compiled: dict[str, str] | None = None
     frozen_prefix: dict[str, Any] | None = None
     batchnorm_recalibrated: bool | None = None
@@ -321,7 +321,11 @@ def to_markdown(report: CompressionReport) -> str:
     fit = report.layerwise
     if fit:
         lines += ["", "Layer-wise fit (output error relative to the dense layer's):", ""]
-        lines += [f"- {k}: {v['initial']:.3g} -> {v['final']:.3g}" for k, v in fit.items()]
+        lines += [
+            f"- {k}: {v['initial']:.3g} -> {v['final']:.3g}"
+            + (f" (from the {v['start']} start)" if "start" in v else "")
+            for k, v in fit.items()
+        ]
     files = report.files
     if files:
         lines += ["", f"File: {files.get('model')} ({files.get('model_bytes', 0):,} bytes)."]

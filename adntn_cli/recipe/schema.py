@@ -128,6 +128,11 @@ class Layerwise(_Strict):
     steps: int = Field(default=200, ge=0)
     lr: float = Field(default=1e-2, gt=0)
     batches: PositiveInt = Field(default=8, description="calibration batches")
+    start: Literal["random", "svd"] = Field(
+        default="random",
+        description="svd: multilinear chains (tt, lowrank) start from a TT-SVD of the dense "
+        "weight, kept where it fits the calibration outputs better than the random start",
+    )
 
 
 # The end-to-end step's default length, in optimiser steps: DEFAULT_EPOCHS passes over the
