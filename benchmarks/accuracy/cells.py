@@ -156,6 +156,7 @@ TUNING: dict[str, dict] = {
     "lw-steps-0": {"layerwise": {"steps": 0}},
     "lw-lr-3e-3": {"layerwise": {"lr": 3e-3}},
     "lw-batches-32": {"layerwise": {"batches": 32}},
+    "lw-start-svd": {"layerwise": {"start": "svd"}},
     "epochs-4": {"finetune": {"epochs": 4}},
     "lr-3e-3": {"finetune": {"lr": 3e-3}},
     "lr-3e-4": {"finetune": {"lr": 3e-4}},
@@ -165,7 +166,8 @@ TUNING: dict[str, dict] = {
     "T-1": {"finetune": {"temperature": 1.0}},
     "T-8": {"finetune": {"temperature": 8.0}},
     "wd-1e-4": {"finetune": {"weight_decay": 1e-4}},
-    "dropout-off": {"finetune": {"dropout": False}},
+    "dropout-off": {"finetune": {"dropout": False}},  # measured when dropout was on by default
+    "dropout-on": {"finetune": {"dropout": True}},
     "feature-1": {"finetune": {"feature_weight": 1.0}},
     "feature-0.1": {"finetune": {"feature_weight": 0.1}},
     "train-all": {"train": "all"},
