@@ -20,7 +20,7 @@ from typing import Any
 
 from .errors import DiskFullError, WriteError
 
-__all__ = ["temp_path", "torch_bytes", "write_bytes", "write_text"]
+__all__ = ["temp_path", "torch_bytes", "write_bytes", "write_error", "write_text"]
 
 FULL = (errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC))
 RESUME_HINT = (
@@ -52,6 +52,11 @@ def _sync_dir(folder: Path) -> None:
             os.fsync(fd)
         finally:
             os.close(fd)
+
+
+def write_error(err: OSError, path: Path, size: int = 0) -> WriteError:
+    """The one-line error for a failed write of ``path`` (a full disk says so)."""
+    return _error(err, path, size)
 
 
 def _error(err: OSError, path: Path, size: int) -> WriteError:

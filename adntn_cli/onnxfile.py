@@ -32,7 +32,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from .atomic import temp_path
+from .atomic import temp_path, write_error
 from .errors import AdntnError, ModelError
 from .layers import GeneratedLinear, GeneratedModule
 
@@ -40,6 +40,7 @@ __all__ = [
     "DEFAULT_OPSET",
     "EXAMPLE_BATCH",
     "OnnxExport",
+    "check_target",
     "export_model_onnx",
     "for_export",
     "onnx_outputs",
@@ -157,25 +158,77 @@ def _initializer_bytes(model) -> tuple[int, int]:
     return total, largest
 
 
-def _save(model, out: Path, external: bool) -> Path | None:
-    """Write ``model`` to ``out`` (and ``<out>.data``) through a temporary folder beside it:
-    the data renamed into place first, the graph last. Returns the data file, if any."""
+def _save(model, out: Path, staging: Path, external: bool) -> Path | None:
+    """Write ``model`` into ``staging`` (a folder beside ``out``), then rename into place: the
+    data first and the graph last. Returns the data file, if any."""
     import onnx_ir as ir
 
-    staging = temp_path(out)
     data_name = out.name + ".data"
-    try:
-        staging.mkdir(parents=True)
-        if external:  # the .onnx refers to the data by its final name, beside it
-            ir.save(model, staging / out.name, external_data=data_name)
-        else:
-            ir.save(model, staging / out.name)
-        if external:
-            os.replace(staging / data_name, out.with_name(data_name))
-        os.replace(staging / out.name, out)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
+    if external:  # the .onnx refers to the data by its final name, beside it
+        ir.save(model, staging / out.name, external_data=data_name)
+        os.replace(staging / data_name, out.with_name(data_name))
+    else:
+        ir.save(model, staging / out.name)
+    os.replace(staging / out.name, out)
     return out.with_name(data_name) if external else None
+
+
+def check_target(out: Path, *, weights: str = "compressed", opset: int = DEFAULT_OPSET,
+                 force: bool = False) -> Path:  # fmt: skip
+    """Refuse what an export to ``out`` could not do, before any work: a missing package, an
+    unknown weights form or opset, a name not ending in .onnx, a folder that is a file, an
+    existing output without ``force``. Returns ``out`` as a Path."""
+    _require_onnx()
+    import onnx
+
+    newest = onnx.defs.onnx_opset_version()
+    if weights not in WEIGHTS:
+        raise AdntnError(f"unknown ONNX weights {weights!r}; valid: {', '.join(WEIGHTS)}")
+    if not DEFAULT_OPSET <= opset <= newest:
+        raise AdntnError(
+            f"--opset {opset}: valid: {DEFAULT_OPSET} (the dynamo exporter's lowest) to {newest} "
+            f"(the newest this onnx {onnx.__version__} knows)"
+        )
+    out = Path(out)
+    if out.suffix != ".onnx":
+        raise AdntnError(f"--onnx {out}: use a file name ending in .onnx")
+    for folder in (out.parent, *out.parent.parents):
+        if folder.exists() and not folder.is_dir():
+            raise AdntnError(f"--onnx {out}: {folder} is a file, not a folder")
+    existing = [p for p in onnx_outputs(out) if p.exists()]
+    if existing and not force:
+        raise AdntnError(f"{existing[0]} exists; choose another name or pass --force to replace it")
+    return out
+
+
+@contextlib.contextmanager
+def _staging(out: Path) -> Iterator[Path]:
+    """A temporary folder beside ``out`` (its missing parents made); whatever happens it is
+    removed, and so are the parents it made if the export fails."""
+    made = [p for p in (out.parent, *out.parent.parents) if not p.exists()]
+    staging = temp_path(out)
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        staging.mkdir()
+    except OSError as err:
+        raise write_error(err, out) from None
+    try:
+        yield staging
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        for folder in made:  # deepest first
+            with contextlib.suppress(OSError):
+                folder.rmdir()
+        raise
+    shutil.rmtree(staging, ignore_errors=True)
+
+
+def _reason(err: BaseException) -> str:
+    """The innermost cause of an exporter's failure, in one line."""
+    while err.__cause__ is not None:
+        err = err.__cause__
+    text = str(err).strip()
+    return text.splitlines()[0] if text else type(err).__name__
 
 
 def export_model_onnx(
@@ -192,43 +245,39 @@ def export_model_onnx(
     """Export ``model`` (inputs (N, 3, input_size, input_size), any N) as ONNX at ``out``.
 
     ``weights="compressed"`` keeps the generators (module docstring); ``"dense"`` materialises
-    every generated layer first. ``batch`` is the batch the schedules are chosen for. An existing
-    ``out`` (or ``<out>.data``) is kept unless ``force``.
+    every generated layer first (of a copy: ``model`` is left as it was). ``batch`` is the
+    batch the schedules are chosen for. An existing ``out`` (or ``<out>.data``) is kept unless
+    ``force``.
     """
     from .plan import densify_
 
-    _require_onnx()
-    if weights not in WEIGHTS:
-        raise AdntnError(f"unknown ONNX weights {weights!r}; valid: {', '.join(WEIGHTS)}")
-    if opset < DEFAULT_OPSET:
-        raise AdntnError(
-            f"--opset {opset}: the dynamo exporter needs opset {DEFAULT_OPSET} or newer"
-        )
-    out = Path(out)
-    if out.suffix != ".onnx":
-        raise AdntnError(f"--onnx {out}: use a file name ending in .onnx")
-    existing = [p for p in onnx_outputs(out) if p.exists()]
-    if existing and not force:
-        raise AdntnError(f"{existing[0]} exists; choose another name or pass --force to replace it")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    model = model.eval()
-    if weights == "dense":  # a copy: the caller's model keeps its generators
-        model = densify_(copy.deepcopy(model))
+    out = check_target(out, weights=weights, opset=opset, force=force)
     import onnxscript.optimizer
 
+    training = model.training
     example = torch.randn(EXAMPLE_BATCH, 3, input_size, input_size)
-    try:
-        with torch.no_grad(), for_export(model, batch) as schedules:
-            onnx_model = _trace(model, example, opset)
-        limit = _fold_limit(model) if weights == "compressed" else 512 * 512
-        onnxscript.optimizer.optimize(onnx_model, output_size_limit=limit)
-    except Exception as err:  # exporters fail in many ways; say which, in one line
-        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise ModelError(f"ONNX export of {label} failed: {reason}") from None
-    total, largest = _initializer_bytes(onnx_model)
-    data = _save(onnx_model, out, external=total > EXTERNAL_ABOVE)
+    with _staging(out) as staging:
+        try:
+            model.eval()
+            traced = densify_(copy.deepcopy(model)) if weights == "dense" else model
+            with torch.no_grad(), for_export(traced, batch) as schedules:
+                onnx_model = _trace(traced, example, opset)
+            limit = _fold_limit(traced) if weights == "compressed" else 512 * 512
+            onnxscript.optimizer.optimize(onnx_model, output_size_limit=limit)
+        except Exception as err:  # exporters fail in many ways; say which, in one line
+            raise ModelError(f"ONNX export of {label} failed: {_reason(err)}") from None
+        finally:
+            model.train(training)
+        written = onnx_model.opset_imports.get("", opset)
+        if written != opset:
+            raise ModelError(f"ONNX export of {label}: asked for opset {opset}, got {written}")
+        total, largest = _initializer_bytes(onnx_model)
+        try:
+            data = _save(onnx_model, out, staging, external=total > EXTERNAL_ABOVE)
+        except OSError as err:
+            raise write_error(err, out, total) from None
     stale = onnx_outputs(out)[1]
     if data is None and stale.exists():  # --force: an old .data must not outlive its graph
         stale.unlink()
     size = out.stat().st_size + (data.stat().st_size if data else 0)
-    return OnnxExport(out, data, size, weights, opset, schedules, largest)
+    return OnnxExport(out, data, size, weights, written, schedules, largest)

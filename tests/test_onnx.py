@@ -1,8 +1,12 @@
 """ONNX export: ONNX Runtime against torch for every structure, Linear and Conv2d, any batch;
 no generated weight in the file; the file runs from anywhere; the writes leave nothing behind."""
 
+import copy
+import errno
+import os
 import shutil
 import sys
+from pathlib import Path
 
 import numpy as np
 import onnx
@@ -63,8 +67,15 @@ def _check_matches(model: nn.Module, path) -> None:
 
 
 def _initializers(path) -> dict[str, int]:
+    """Element counts of every stored tensor: initializers and Constant nodes' values."""
     graph = onnx.load(str(path)).graph
-    return {t.name: int(np.prod(t.dims)) for t in graph.initializer}
+    sizes = {t.name: int(np.prod(t.dims)) for t in graph.initializer}
+    for node in graph.node:
+        if node.op_type == "Constant":
+            for attr in node.attribute:
+                if attr.type == onnx.AttributeProto.TENSOR:
+                    sizes[f"{node.output[0]} (Constant)"] = int(np.prod(attr.t.dims))
+    return sizes
 
 
 @pytest.fixture(scope="module", params=sorted(BOND))
@@ -144,22 +155,74 @@ def test_the_hint_names_the_extra_when_a_package_is_missing(tmp_path, monkeypatc
     assert not list(tmp_path.iterdir())
 
 
-def test_bad_options_are_refused(tmp_path):
+def test_bad_options_are_refused_before_any_work(tmp_path):
     model = _compressed("tt")
-    with pytest.raises(AdntnError, match="opset 18"):
-        export_model_onnx(model, tmp_path / "m.onnx", input_size=SIZE, opset=17)
+    newest = onnx.defs.onnx_opset_version()
+    for opset in (17, newest + 1):
+        with pytest.raises(AdntnError, match=f"--opset {opset}: valid: 18 .* to {newest}"):
+            export_model_onnx(model, tmp_path / "m.onnx", input_size=SIZE, opset=opset)
     with pytest.raises(AdntnError, match=r"\.onnx"):
         export_model_onnx(model, tmp_path / "m.bin", input_size=SIZE)
     with pytest.raises(AdntnError, match="valid: compressed, dense"):
         export_model_onnx(model, tmp_path / "m.onnx", input_size=SIZE, weights="fp16")
+    (tmp_path / "t.pt").write_bytes(b"x")
+    with pytest.raises(AdntnError, match=r"t\.pt is a file, not a folder"):
+        export_model_onnx(model, tmp_path / "t.pt" / "m.onnx", input_size=SIZE)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["t.pt"]
+
+
+def test_the_opset_asked_for_is_the_one_written(tmp_path):
+    done = export_model_onnx(_compressed("tt"), tmp_path / "m.onnx", input_size=SIZE, opset=20)
+    versions = {o.domain: o.version for o in onnx.load(str(done.path)).opset_import}
+    assert done.opset == 20 and versions[""] == 20
+
+
+def test_the_data_is_renamed_first_and_the_graph_last(tmp_path, monkeypatch):
+    monkeypatch.setattr(onnxfile, "EXTERNAL_ABOVE", 0)
+    moves = []  # renames into the target folder (onnx_ir renames inside the staging one too)
+    real = os.replace
+
+    def replace(a, b):
+        if Path(b).parent == tmp_path:
+            moves.append(Path(b).name)
+        return real(a, b)
+
+    monkeypatch.setattr(onnxfile.os, "replace", replace)
+    export_model_onnx(_compressed("tt"), tmp_path / "m.onnx", input_size=SIZE)
+    assert moves == ["m.onnx.data", "m.onnx"]
+
+
+@pytest.mark.parametrize("where", ["trace", "write"])
+def test_a_failed_export_leaves_nothing_behind(tmp_path, monkeypatch, where):
+    if where == "trace":
+
+        def broken(*_):
+            raise RuntimeError("Failed to export") from ValueError("the real cause")
+
+        monkeypatch.setattr(onnxfile, "_trace", broken)
+        expected = ModelError
+    else:
+        monkeypatch.setattr(onnxfile, "_save", lambda *_, **__: (_ for _ in ()).throw(
+            OSError(errno.ENOSPC, "No space left on device")))  # fmt: skip
+        expected = AdntnError
+    out = tmp_path / "new" / "deeper" / "m.onnx"
+    with pytest.raises(expected) as caught:
+        export_model_onnx(_compressed("tt"), out, input_size=SIZE)
+    assert list(tmp_path.iterdir()) == []  # no staging folder, no folder made for it
+    message = str(caught.value)
+    assert ("the real cause" in message) if where == "trace" else (str(out) in message)
 
 
 def test_export_puts_the_layers_back_as_they_were(tmp_path):
-    model = _compressed("ttn")
+    model = _compressed("ttn").train()
+    fresh = copy.deepcopy(model).eval()
     export_model_onnx(model, tmp_path / "m.onnx", input_size=SIZE)
+    export_model_onnx(model, tmp_path / "d.onnx", input_size=SIZE, weights="dense")
+    assert model.training  # the caller's mode is kept
     assert model.fc.fixed_schedule is None and model.fc.cache_weights
     assert model.fc.generator.program.fixed_batch is None
-    x = torch.randn(3, 3, SIZE, SIZE)
-    with torch.no_grad():
-        model(x)
-    assert model.fc.holds_weights or model.fc.last_schedule == "contract"
+    model.eval()
+    for batch in (3, 300):  # every batch takes its own path again
+        x = torch.randn(batch, 3, SIZE, SIZE)
+        with torch.no_grad():
+            torch.testing.assert_close(model(x), fresh(x))

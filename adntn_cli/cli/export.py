@@ -38,7 +38,9 @@ def export(
             help="compressed: the cores and their contraction in the graph; dense: plain weights.",
         ),
     ] = OnnxWeights.compressed,
-    opset: Annotated[int, typer.Option("--opset", min=18, help="ONNX opset (18 or newer).")] = 18,
+    opset: Annotated[
+        int, typer.Option("--opset", help="ONNX opset: 18 (the default) up to onnx's newest.")
+    ] = 18,
     batch: Annotated[
         int, typer.Option("--batch", min=1, help="The batch size the schedules are chosen for.")
     ] = 8,
@@ -62,13 +64,18 @@ def export(
     if dense is None and onnx is None:
         raise AdntnError("nothing to export: give --dense OUT and/or --onnx OUT")
     compressed = compressed_file(compressed)
+    if dense is not None and dense.exists() and not force:
+        raise AdntnError(f"{dense} exists; choose another name or pass --force to replace it")
+    if onnx is not None:  # every output checked before anything is written
+        from ..onnxfile import check_target
+
+        check_target(onnx, weights=onnx_weights.value, opset=opset, force=force)
     if dense is not None:
-        if dense.exists() and not force:
-            raise AdntnError(f"{dense} exists; choose another name or pass --force to replace it")
         size = export_dense(compressed, dense)
         out.print(
             escape(f"wrote {dense} ({format_bytes(size)}): loads into the plain architecture"),
             highlight=False,
+            soft_wrap=True,
         )
     if onnx is not None:
         done = export_onnx(
@@ -79,4 +86,5 @@ def export(
         out.print(
             escape(f"wrote {files} ({format_bytes(done.bytes)}, {kind}, opset {done.opset})"),
             highlight=False,
+            soft_wrap=True,
         )

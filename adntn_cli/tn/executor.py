@@ -189,6 +189,9 @@ def plan_path(
         union = list(dict.fromkeys(i for o in popped for i in o))
         res = tuple(sorted((i for i in union if i in keep), key=lambda i: rank[i]))
         shape = tuple(-1 if i == free else sizes[i] for i in res)
+        if free is not None and any(free in o and o[0] != free for o in [*popped, res]):
+            # run_path infers a free extent as L or E: it must lead (the batch ranks first)
+            raise AssertionError(f"index {free} must come first in every tensor holding it")
         plan = None
         if len(popped) == 2:
             a, b = popped

@@ -110,7 +110,10 @@ def test_onnx_export_through_the_cli_runs_from_a_copy_at_any_batch(run, tmp_path
     args = ["export", str(out / "model.safetensors"), "--onnx", str(onnx)]
     result = runner.invoke(app, args)
     assert result.exit_code == 0, result.output
-    assert f"wrote {onnx} (" in result.output and "cores and contractions" in result.output
+    from adntn_cli.tn import format_bytes
+
+    size = format_bytes(onnx.stat().st_size)
+    assert f"wrote {onnx} ({size}, cores and contractions, opset 18)" in result.output
     assert sorted(p.name for p in onnx.parent.iterdir()) == ["m.onnx"]
     copy = tmp_path / "copy.onnx"
     copy.write_bytes(onnx.read_bytes())
@@ -125,8 +128,14 @@ def test_onnx_export_through_the_cli_runs_from_a_copy_at_any_batch(run, tmp_path
     again = runner.invoke(app, args)  # the file is kept: exit 2, one line
     assert again.exit_code == 2 and "exists" in again.output and "--force" in again.output
     assert runner.invoke(app, [*args, "--force"]).exit_code == 0
+    before = onnx.read_bytes()
     bad = runner.invoke(app, [*args, "--force", "--opset", "17"])
-    assert bad.exit_code == 2
+    assert bad.exit_code == 2 and "--opset 17: valid: 18" in bad.output
+    # every output is checked before any is written: no dense file when the ONNX one is refused
+    dense = tmp_path / "dense.safetensors"
+    both = runner.invoke(app, [*args, "--dense", str(dense)])
+    assert both.exit_code == 2 and "exists" in both.output and not dense.exists()
+    assert onnx.read_bytes() == before
 
 
 def _damaged(run, tmp_path, kind):
