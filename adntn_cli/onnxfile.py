@@ -72,12 +72,9 @@ def onnx_outputs(out: Path) -> list[Path]:
 
 
 def _require_onnx() -> None:
-    missing = []
-    for name in ("onnx", "onnxscript"):
-        try:
-            __import__(name)
-        except ImportError:
-            missing.append(name)
+    import importlib.util
+
+    missing = [n for n in ("onnx", "onnxscript") if importlib.util.find_spec(n) is None]
     if missing:
         raise ModelError(
             f"--onnx needs {' and '.join(missing)}: pip install 'adntn[onnx]' "

@@ -25,6 +25,54 @@ AllowScheduleChange = Annotated[
     ),
 ]
 
+Data = Annotated[
+    str | None,
+    typer.Option(
+        "--data",
+        help="digits, synthetic[:N], imagefolder:PATH, fashion-mnist:PATH, mnist:PATH, "
+        "cifar10:PATH, ...",
+    ),
+]
+OutDir = Annotated[
+    Path | None, typer.Option("--out", help="Run directory (default: runs/<recipe>-<n>).")
+]
+Resume = Annotated[bool, typer.Option("--resume", help="Continue the run in --out.")]
+Force = Annotated[bool, typer.Option("--force", help="Empty --out and start over.")]
+AllowPickle = Annotated[
+    bool,
+    typer.Option(
+        "--allow-pickle",
+        help="Load a pickled whole model. Pickle runs code: only for files you trust.",
+    ),
+]
+CoresDtype = Annotated[
+    str, typer.Option("--cores-dtype", help="Store the cores as float32 or bfloat16.")
+]
+CompileMode = Annotated[
+    str | None,
+    typer.Option(
+        "--compile",
+        help="torch.compile the generators: auto (CUDA only), on, off (default: the "
+        "recipe's distill.compile).",
+    ),
+]
+Precision = Annotated[
+    str | None,
+    typer.Option(
+        "--precision",
+        help="Autocast of the forward passes: auto (bf16 on CUDA, fp32 elsewhere), bf16, "
+        "fp32 (default: the recipe's distill.precision).",
+    ),
+]
+PrefixCache = Annotated[
+    Path | None,
+    typer.Option(
+        "--prefix-cache",
+        help="Folder that keeps the frozen prefix's outputs between runs on the same "
+        "teacher and data (read when there, else written).",
+    ),
+]
+
 
 def summary(report: CompressionReport) -> str:
     acc, t = report.accuracy, report.totals
@@ -42,56 +90,18 @@ def summary(report: CompressionReport) -> str:
 def compress(
     model: Model,
     recipe: RecipeOpt,
-    data: Annotated[
-        str | None,
-        typer.Option(
-            "--data",
-            help="digits, synthetic[:N], imagefolder:PATH, fashion-mnist:PATH, mnist:PATH, "
-            "cifar10:PATH, ...",
-        ),
-    ] = None,
-    out_dir: Annotated[
-        Path | None, typer.Option("--out", help="Run directory (default: runs/<recipe>-<n>).")
-    ] = None,
+    data: Data = None,
+    out_dir: OutDir = None,
     device: Device = "auto",
     seed: Seed = 0,
-    resume: Annotated[bool, typer.Option("--resume", help="Continue the run in --out.")] = False,
-    force: Annotated[bool, typer.Option("--force", help="Empty --out and start over.")] = False,
+    resume: Resume = False,
+    force: Force = False,
     arch: Arch = None,
-    allow_pickle: Annotated[
-        bool,
-        typer.Option(
-            "--allow-pickle",
-            help="Load a pickled whole model. Pickle runs code: only for files you trust.",
-        ),
-    ] = False,
-    cores_dtype: Annotated[
-        str, typer.Option("--cores-dtype", help="Store the cores as float32 or bfloat16.")
-    ] = "float32",
-    compile_mode: Annotated[
-        str | None,
-        typer.Option(
-            "--compile",
-            help="torch.compile the generators: auto (CUDA only), on, off (default: the "
-            "recipe's distill.compile).",
-        ),
-    ] = None,
-    precision: Annotated[
-        str | None,
-        typer.Option(
-            "--precision",
-            help="Autocast of the forward passes: auto (bf16 on CUDA, fp32 elsewhere), bf16, "
-            "fp32 (default: the recipe's distill.precision).",
-        ),
-    ] = None,
-    prefix_cache: Annotated[
-        Path | None,
-        typer.Option(
-            "--prefix-cache",
-            help="Folder that keeps the frozen prefix's outputs between runs on the same "
-            "teacher and data (read when there, else written).",
-        ),
-    ] = None,
+    allow_pickle: AllowPickle = False,
+    cores_dtype: CoresDtype = "float32",
+    compile_mode: CompileMode = None,
+    precision: Precision = None,
+    prefix_cache: PrefixCache = None,
     allow_class_mismatch: AllowClassMismatch = False,
     allow_schedule_change: AllowScheduleChange = False,
     quiet: Quiet = False,
