@@ -48,3 +48,24 @@ def test_a_study_cell_writes_what_adntn_compress_writes(tmp_path, monkeypatch):
     )  # fmt: skip
     assert done.returncode == 0, done.stderr
     assert (tmp_path / "cli" / "model.safetensors").read_bytes() == written["cell"]
+
+
+@pytest.mark.parametrize("variant", sorted(cells.TUNING))
+def test_every_tuning_variant_is_a_valid_recipe_with_its_one_setting(variant):
+    from adntn_cli.recipe import parse_recipe
+
+    cell = cells.Cell("alexnet", "fc", 2000, "tt", 0, variant)
+    recipe = cells.cell_recipe(cell, None)
+    parsed = parse_recipe(recipe)  # the schema accepts it as a user's recipe
+    ((section, keys),) = cells.TUNING[variant].items()
+    where = recipe["data"] if section == "data" else recipe["distill"]
+    if section != "data":
+        where = where[section]
+    if isinstance(keys, dict):
+        assert where == keys
+        model = parsed.data if section == "data" else getattr(parsed.distill, section)
+        for key, value in keys.items():
+            got = getattr(model, key)
+            assert list(got) == value if isinstance(value, list) else got == value
+    else:
+        assert where == keys and parsed.distill.train == keys

@@ -149,8 +149,8 @@ def sqnr_db(teacher: nn.Module, student: nn.Module, names: list[str], batches) -
     return {n: 10 * math.log10(sig[n] / max(err[n], 1e-300)) for n in names}
 
 
-# The tries of the Fashion-MNIST study (variants of its cells): each is the ``distill:``
-# section of the cell's recipe, one setting changed from adntn's defaults; "" is no section.
+# The tries of the Fashion-MNIST study (variants of its cells): each is one setting of the
+# cell's ``distill:`` (or ``data:``) section changed from adntn's defaults; "" is no section.
 TUNING: dict[str, dict] = {
     "lw-steps-1000": {"layerwise": {"steps": 1000}},
     "lw-steps-0": {"layerwise": {"steps": 0}},
@@ -173,6 +173,10 @@ TUNING: dict[str, dict] = {
     "train-all": {"train": "all"},
     "train-head": {"train": "head"},
     "steps-6000": {"finetune": {"steps": 6000}},
+    # augmentation of the training images (the fashion-mnist source's default is none); it
+    # turns the prefix cache off, so these cells run the convolutions at every step
+    "augment-flip": {"data": {"augment": "flip"}},
+    "augment-imagenet": {"data": {"augment": "imagenet", "crop_scale": [0.5, 1.0]}},
 }
 
 
@@ -184,15 +188,14 @@ def cell_recipe(cell: Cell, schedule: Schedule | None) -> dict:
     recipe = whole_vgg_recipe(cell) if names is None else layer_recipe(cell, names)
     recipe["model"] = {"arch": cell.teacher, "num_classes": 10, "input_size": cell_size(cell)}
     if schedule is None:
-        tries = [TUNING[v] for v in cell.variant.split("+") if v in TUNING]
-        if tries:
-            recipe["distill"] = {}
-            for t in tries:
-                for section, keys in t.items():
-                    if isinstance(keys, dict):
-                        recipe["distill"].setdefault(section, {}).update(keys)
-                    else:
-                        recipe["distill"][section] = keys
+        for t in (TUNING[v] for v in cell.variant.split("+") if v in TUNING):
+            for section, keys in t.items():
+                if section == "data":  # a data: setting (augmentation), not a distill: one
+                    recipe.setdefault("data", {}).update(keys)
+                elif isinstance(keys, dict):
+                    recipe.setdefault("distill", {}).setdefault(section, {}).update(keys)
+                else:
+                    recipe.setdefault("distill", {})[section] = keys
         return recipe
     replaced_only = schedule.train_replaced_only and names is not None
     recipe["distill"] = {
