@@ -74,6 +74,12 @@ def onnx_outputs(out: Path) -> list[Path]:
 def _require_onnx() -> None:
     import importlib.util
 
+    major, minor = (int(p) for p in torch.__version__.split(".")[:2])
+    if (major, minor) < (2, 6):
+        raise ModelError(
+            f"--onnx needs torch 2.6 or newer (its torch.export-based exporter); this is "
+            f"torch {torch.__version__}"
+        )
     missing = [n for n in ("onnx", "onnxscript") if importlib.util.find_spec(n) is None]
     if missing:
         raise ModelError(
@@ -124,9 +130,12 @@ def _fold_limit(model: nn.Module) -> int:
 
 def _trace(model: nn.Module, example: torch.Tensor, opset: int):
     """torch.export and translate to ONNX (an onnx_ir model), optimisation left to the caller."""
+    import inspect
     import warnings
 
     batch = torch.export.Dim("batch", min=1)
+    options = {"optimize": False}  # where this torch's exporter has the switch
+    known = inspect.signature(torch.onnx.export).parameters
     with warnings.catch_warnings():  # the exporter's own deprecation chatter is not the user's
         warnings.simplefilter("ignore")
         program = torch.onnx.export(
@@ -137,8 +146,8 @@ def _trace(model: nn.Module, example: torch.Tensor, opset: int):
             output_names=["logits"],
             dynamic_shapes=({0: batch},),
             opset_version=opset,
-            optimize=False,
             verbose=False,
+            **{k: v for k, v in options.items() if k in known},
         )
     return program.model
 

@@ -38,6 +38,7 @@ def test_base_image_is_pinned_and_its_torch_satisfies_our_pins():
     (pin,) = [d for d in deps if d.startswith("torch>=")]
     low, high = re.match(r"torch>=([\d.]+),<([\d.]+)", pin).groups()
     assert _version(low) <= _version(torch_version) < _version(high)
+    assert _version(torch_version) >= (2, 6)  # adntn export --onnx needs it
 
 
 def test_runs_as_a_non_root_user_with_volumes_and_an_exec_form_entrypoint():
@@ -54,7 +55,7 @@ def test_runs_as_a_non_root_user_with_volumes_and_an_exec_form_entrypoint():
 
 def test_install_keeps_the_base_torch_and_caches_nothing():
     runs = " ".join(instructions("RUN"))
-    assert "pip install --no-cache-dir ." in runs
+    assert re.search(r'pip install --no-cache-dir "\.\[onnx\]"', runs)  # adntn and its onnx extra
     assert not re.search(r"pip install[^&]*\btorch\b", runs)
     assert not instructions("ADD")  # COPY only: no remote fetches at build time
 

@@ -226,3 +226,9 @@ def test_export_puts_the_layers_back_as_they_were(tmp_path):
         x = torch.randn(batch, 3, SIZE, SIZE)
         with torch.no_grad():
             torch.testing.assert_close(model(x), fresh(x))
+
+
+def test_an_old_torch_is_named(tmp_path, monkeypatch):
+    monkeypatch.setattr(torch, "__version__", "2.5.1+cu124")
+    with pytest.raises(ModelError, match=r"torch 2\.6 or newer .* torch 2\.5\.1"):
+        export_model_onnx(_compressed("tt"), tmp_path / "m.onnx", input_size=SIZE)
