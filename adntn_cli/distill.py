@@ -116,15 +116,17 @@ def _relative_error(
 
 
 def _svd_start(layer: nn.Module, dense: nn.Module) -> bool:
-    """Set every chain generator of ``layer`` from ``dense``'s weight; whether any was set."""
+    """Set ``layer``'s generator from ``dense``'s weight where it is one multilinear chain
+    (Linear and Conv2d layers have one generator); whether it was set. The noise that pads a
+    bond the weight's rank cannot fill is seeded, so the start draws nothing from the global
+    generator."""
     from .tn.svdstart import chain_order, svd_start_
 
-    gens = getattr(layer, "generators", dict)()
-    chains = [g for g in gens.values() if chain_order(g) is not None]
+    gens = list(getattr(layer, "generators", dict)().values())
     weight = getattr(dense, "weight", None)
-    if not chains or len(gens) != 1 or weight is None:
+    if len(gens) != 1 or chain_order(gens[0]) is None or weight is None:
         return False
-    svd_start_(chains[0], weight)
+    svd_start_(gens[0], weight, generator=torch.Generator().manual_seed(0))
     return True
 
 

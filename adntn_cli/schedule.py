@@ -7,6 +7,7 @@ runs exactly these numbers (``Finetune.total_steps``).
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from .recipe import Recipe
@@ -91,8 +92,8 @@ class TimeEstimate:
         parts = ", ".join(f"{k} {_duration(v)}" for k, v in self.seconds.items() if v >= 0.5)
         return (
             f"expected time: about {_duration(self.total)} of compute on a {self.device} at "
-            f"{self.flops_per_s / 1e9:,.0f} GFLOP/s ({parts}; a roofline of the FLOPs: "
-            "real runs are within a few times of it)"
+            f"{self.flops_per_s / 1e9:,.0f} GFLOP/s ({parts + '; ' if parts else ''}a roofline "
+            "of the FLOPs: real runs are within a few times of it)"
         )
 
 
@@ -104,9 +105,13 @@ def _duration(seconds: float) -> str:
     return f"{seconds / 3600:.1f} h"
 
 
-def leaf_flops(model, input_size: int) -> list[tuple[str, int]]:
-    """FLOPs per image of every leaf module, in the order a forward pass runs them (counted on
-    ``model``'s device: the meta device costs nothing)."""
+def leaf_flops(
+    model, input_size: int, leaves: Sequence[str] = ()
+) -> tuple[list[tuple[str, int]], int]:
+    """FLOPs per image of every leaf module (and of the modules named in ``leaves``, whose
+    children are then not counted apart), in the order a forward pass runs them, and of the
+    whole forward pass (work outside modules included). Counted on ``model``'s device: the
+    meta device costs nothing."""
     import torch
     from torch.utils.flop_counter import FlopCounterMode
 
@@ -122,8 +127,11 @@ def leaf_flops(model, input_size: int) -> list[tuple[str, int]]:
     def after(name):
         return lambda *_: order.append((name, (counter.get_total_flops() - starts[name]) // 2))
 
-    leaves = [(n, m) for n, m in model.named_modules() if n and not list(m.children())]
-    hooks = [h for n, m in leaves for h in (m.register_forward_pre_hook(before(n)),
+    named = set(leaves)
+    inside = {n for n, _ in model.named_modules() if any(n.startswith(f"{b}.") for b in named)}
+    chosen = [(n, m) for n, m in model.named_modules()
+              if n and n not in inside and (n in named or not list(m.children()))]  # fmt: skip
+    hooks = [h for n, m in chosen for h in (m.register_forward_pre_hook(before(n)),
                                             m.register_forward_hook(after(n)))]  # fmt: skip
     try:
         with torch.no_grad(), counter:
@@ -131,57 +139,83 @@ def leaf_flops(model, input_size: int) -> list[tuple[str, int]]:
     finally:
         for h in hooks:
             h.remove()
-    return order
+    return order, counter.get_total_flops() // 2
+
+
+def _selection_passes(steps: int, per_epoch: int, every: int | None) -> int:
+    """Selection evaluations: at each epoch's end and every ``every`` steps (once where both)."""
+    ends = set(range(per_epoch, steps + 1, per_epoch))
+    return len(ends | set(range(every, steps + 1, every)) if every else ends)
+
+
+def _layer_costs(lp, batch: int, device: str) -> tuple[str, int, int]:
+    """A planned layer's training schedule at ``batch`` and its forward FLOPs: generating the
+    weight (per step), and contracting one batch through the cores (contract schedule)."""
+    from .tn import StructureSpec, TNGenerator
+
+    r = lp.record
+    if lp.kind != "Linear" or not isinstance(lp.spec, StructureSpec):
+        return "materialise", r.flops, 0
+    gen = TNGenerator(lp.spec, tuple(r.shape), device="meta")
+    schedule = gen.choose_schedule(batch, device, weight_cached=False)
+    if schedule != "contract":
+        return schedule, r.flops, 0
+    return schedule, 0, 2 * gen.program.contract_cost(batch).macs
 
 
 def expected_time(
-    model, records, recipe: Recipe, sched: DistillSchedule, val_images: int | None = None,
-    device: str = "cpu",
+    model, layers, recipe: Recipe, sched: DistillSchedule, val_images: int | None = None,
+    device: str = "cpu", augmented: bool = False,
 ) -> TimeEstimate:  # fmt: skip
     """The compute a compress run of ``recipe`` on the dense ``model`` (meta is fine) should take,
-    from its FLOPs and the cost model's device throughput (``tn.cost``). ``records`` are the plan's
-    LayerRecords; ``sched`` must have counted the data (``finetune_steps`` set).
+    from its FLOPs and the cost model's device throughput (``tn.cost``). ``layers`` are the
+    plan's LayerPlans; ``sched`` must have counted the data (``finetune_steps`` set).
 
-    Counted: the layer-wise fit (the calibration images' forward pass once, then per step each
-    generator's weight and the layer on one batch, forward and backward); the frozen prefix once
-    per image when it is cached (``train`` not ``all`` and ``cache_frozen_prefix`` auto, up to
-    the first replaced layer or dropout); each end-to-end step (the teacher's forward where not
-    cached, the student's forward and backward, generating materialised weights); the selection
-    passes (one per epoch and per ``eval_every``) and the final evaluation of both models."""
+    Each replaced layer runs the schedule the cost model picks at the training batch: contract
+    (the batch through the cores, in place of the dense GEMM) or materialise (the weight
+    generated once per step, then the dense operator). Counted:
+
+    - the layer-wise fit: the calibration images' forward pass once, then per step each layer on
+      one batch, forward and backward (attention layers are left to the end-to-end step);
+    - the frozen prefix (the layers before the first replaced one or dropout) once per training
+      and held-out image, with the teacher's logits, where it is cached: ``train`` not ``all``,
+      ``cache_frozen_prefix`` auto, the data not augmented;
+    - each end-to-end step: the teacher's forward where not cached, the frozen prefix forward
+      only, the rest of the student forward and backward (3x);
+    - the selection passes (each epoch's end and every ``eval_every`` steps) and the final
+      evaluation of the dense and the compressed model on ``val_images``.
+    """
     from .distill import DROPOUT
     from .tn.cost import device_profile
 
-    leaves = leaf_flops(model, recipe.model.input_size)
-    replaced = {r.layer: r for r in records}
+    d, batch = recipe.distill, sched.batch
+    replaced = {lp.layer: lp for lp in layers}
+    leaves, total = leaf_flops(model, recipe.model.input_size, list(replaced))
     dropouts = {n for n, m in model.named_modules() if isinstance(m, DROPOUT)}
-    d = recipe.distill
-    total = sum(f for _, f in leaves)
     first = next((k for k, (n, _) in enumerate(leaves) if n in replaced or n in dropouts), 0)
-    cached = d.train != "all" and d.cache_frozen_prefix == "auto" and first > 0
-    prefix = sum(f for _, f in leaves[:first]) if cached else 0
-    contracted = sum(f for n, f in leaves if n in replaced and replaced[n].schedule == "contract")
-    student = total - contracted  # a contracted layer costs a small fraction of its dense GEMM
-    generate = sum(r.flops for r in records if r.schedule != "contract")  # per step
-    batch, n_train = sched.batch, sched.train_images or 0
-    n_select, steps = sched.select_images or 0, sched.finetune_steps or 0
-    layer_flops = dict(leaves)
+    frozen = sum(f for _, f in leaves[:first]) if d.train != "all" else 0
+    cached = frozen > 0 and d.cache_frozen_prefix == "auto" and not augmented
+    dense = dict(leaves)
+    costs = {n: _layer_costs(lp, batch, device) for n, lp in replaced.items()}
+    # per image: a contracted layer's GEMM becomes its contraction
+    student = total + sum(c / batch - dense.get(n, 0) for n, (_, _, c) in costs.items() if c)
+    generate = sum(g for _, g, _ in costs.values())  # per step
+    n_train, n_select = sched.train_images or 0, sched.select_images or 0
+    steps = sched.finetune_steps or 0
+    fitted = [n for n, lp in replaced.items() if lp.kind != "MultiheadAttention"]
     layerwise = total * sched.calibration_images + sched.layerwise_steps * sum(
-        3 * (r.flops + layer_flops.get(r.layer, 0) * batch) for r in records
+        3 * (costs[n][1] + (costs[n][2] or dense.get(n, 0) * batch)) for n in fitted
     )
-    head_teacher = 0 if cached else total
-    per_step = head_teacher * batch + 3 * (student - prefix) * batch + 3 * generate
+    teacher = 0 if cached else total
+    per_step = (teacher + (0 if cached else frozen) + 3 * (student - frozen)) * batch
     per_epoch = max(1, math.ceil(n_train / batch))
-    passes = math.ceil(steps / per_epoch) + (
-        steps // d.finetune.eval_every if d.finetune.eval_every else 0
-    )
-    seconds_of = device_profile(device).flops_per_s
+    passes = _selection_passes(steps, per_epoch, d.finetune.eval_every)
+    head = student - frozen if cached else student
     parts = {
         "layer-wise": layerwise,
-        "prefix cache": (prefix * (n_train + n_select) + (total - prefix) * n_train)
-        if cached
-        else 0,
-        "end-to-end": per_step * steps,
-        "evaluation": passes * (student - prefix) * n_select
-        + (total + student) * (val_images or 0),
+        "prefix cache": frozen * (n_train + n_select) + (total - frozen) * n_train if cached else 0,
+        "end-to-end": (per_step + 3 * generate) * steps,
+        "evaluation": passes * head * n_select + (total + student) * (val_images or 0),
     }
-    return TimeEstimate(device, seconds_of, {k: v / seconds_of for k, v in parts.items()}, cached)
+    flops = device_profile(device).flops_per_s
+    return TimeEstimate(device, flops, {k: v / flops for k, v in parts.items()}, cached)

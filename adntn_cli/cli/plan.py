@@ -59,19 +59,13 @@ def plan(
     net, found = meta_model(model, arch, num_classes, recipe=rec)
     budget = int(memory_gb * 2**30) if memory_gb else None
     p = make_plan(net, rec, source=source, memory_budget=budget, batch=batch)
-    sched, val_images = _schedule(rec, len(p.layers), data or rec.data.train, found.num_classes)
-    expected = None
-    if sched.finetune_steps is not None:
-        import torch
-
-        from ..schedule import expected_time
-
-        kind = "cuda" if torch.cuda.is_available() else "cpu"
-        records = [lp.record for lp in p.layers]
-        expected = expected_time(net, records, rec, sched, val_images, device=kind)
+    sched, counted = _schedule(rec, len(p.layers), data or rec.data.train, found.num_classes)
+    expected = _expected(net, p, rec, sched, counted) if counted else None
     if json_:
         extra = {"distill": dataclasses.asdict(sched)}
-        if expected is not None:
+        if isinstance(expected, str):
+            extra["expected_time"] = {"error": expected}
+        elif expected is not None:
             extra["expected_time"] = {**dataclasses.asdict(expected), "total": expected.total}
         typer.echo(json.dumps({**p.to_dict(), **extra}, indent=1))
         return
@@ -86,15 +80,34 @@ def plan(
         f"({t.ratio:,.1f}x fewer)"
     )
     out.print(escape(f"distillation: {sched.describe()}"))
-    if expected is not None:
-        out.print(escape(expected.describe()))
+    if isinstance(expected, str):
+        out.print(escape(expected), soft_wrap=True)
+    elif expected is not None:
+        out.print(escape(expected.describe()), soft_wrap=True)
+
+
+def _expected(net, p, rec, sched, counted: tuple[int | None, bool]):
+    """The run's expected time, or a line saying why it cannot be estimated."""
+    import torch
+
+    from ..schedule import expected_time
+
+    val_images, augmented = counted
+    kind = "cuda" if torch.cuda.is_available() else "cpu"
+    try:
+        return expected_time(
+            net, p.layers, rec, sched, val_images, device=kind, augmented=augmented
+        )
+    except Exception as err:  # a model that does not run on the meta device, say
+        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        return f"expected time: not estimated (counting the FLOPs failed: {reason[:160]})"
 
 
 def _schedule(
     rec, layers: int, spec: str | None, num_classes: int
-) -> tuple[DistillSchedule, int | None]:
-    """The distillation schedule, the training images counted when a source is known; and the
-    number of validation images (None when not counted)."""
+) -> tuple[DistillSchedule, tuple[int | None, bool] | None]:
+    """The distillation schedule, the training images counted when a source is known; and,
+    when counted, the number of validation images and whether the training data is augmented."""
     from ..data import make_datasets
     from ..schedule import distill_schedule
 
@@ -106,4 +119,4 @@ def _schedule(
     )  # fmt: skip
     select = len(data.select) if data.select is not None else 0
     val = len(data.val) if data.val is not None else None
-    return distill_schedule(rec, layers, len(data.train), select), val
+    return distill_schedule(rec, layers, len(data.train), select), (val, data.augmented)

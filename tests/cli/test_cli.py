@@ -4,7 +4,6 @@ import dataclasses
 import json
 import subprocess
 import sys
-from types import SimpleNamespace
 
 import pytest
 import torch
@@ -104,31 +103,82 @@ def test_plan_says_how_many_distillation_steps_a_run_takes(tmp_path):
     assert "expected time: about" in text.output and "GFLOP/s" in text.output
 
 
-def test_the_expected_time_counts_each_part_of_a_run():
+def _estimate(layer: dict, distill: dict, steps: int, augmented: bool = False):
+    """The expected time of a recipe on Flatten, Linear(12, 20), ReLU, Linear(20, 5)."""
+    from adntn_cli.plan import plan
     from adntn_cli.recipe import parse_recipe
-    from adntn_cli.schedule import distill_schedule, expected_time, leaf_flops
+    from adntn_cli.schedule import distill_schedule, expected_time
 
     net = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(12, 20), torch.nn.ReLU(),
                               torch.nn.Linear(20, 5)).to("meta")  # fmt: skip
-    assert leaf_flops(net, 2) == [("0", 0), ("1", 2 * 12 * 20), ("2", 0), ("3", 2 * 20 * 5)]
-    layer = {"select": "3", "structure": "ttn", "bond_dim": 2}
+    rec = parse_recipe({"version": 1, "model": {"arch": "x", "num_classes": 5, "input_size": 2},
+                        "layers": [layer], "distill": distill,
+                        "data": {"batch_size": 10}})  # fmt: skip
+    p = plan(net, rec)
+    sched = distill_schedule(rec, 1, train_images=100, select_images=10)
+    sched = dataclasses.replace(sched, finetune_steps=steps)
+    return expected_time(net, p.layers, rec, sched, val_images=50, augmented=augmented), p
 
-    def estimate(distill: dict, steps: int):
-        rec = parse_recipe({"version": 1, "model": {"arch": "x", "num_classes": 5,
-                            "input_size": 2}, "layers": [layer], "distill": distill,
-                            "data": {"batch_size": 10}})  # fmt: skip
-        sched = distill_schedule(rec, 1, train_images=100, select_images=10)
-        record = SimpleNamespace(layer="3", flops=1000, schedule="materialise")
-        sched = dataclasses.replace(sched, finetune_steps=steps)
-        return expected_time(net, [record], rec, sched, val_images=50)
 
-    one, two = estimate({}, 100), estimate({}, 200)
+def test_the_expected_time_counts_each_part_of_a_run():
+    from adntn_cli.schedule import leaf_flops
+    from adntn_cli.tn import TNGenerator
+
+    net = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(12, 20), torch.nn.ReLU(),
+                              torch.nn.Linear(20, 5)).to("meta")  # fmt: skip
+    per_image = [("0", 0), ("1", 2 * 12 * 20), ("2", 0), ("3", 2 * 20 * 5)]
+    assert leaf_flops(net, 2) == (per_image, 2 * 12 * 20 + 2 * 20 * 5)
+    flops = 1e11  # the CPU profile
+    tree = {"select": "3", "structure": "ttn", "bond_dim": 2}
+    (one, p), (two, _) = _estimate(tree, {}, 100), _estimate(tree, {}, 200)
     assert one.cached_prefix and two.seconds["end-to-end"] == 2 * one.seconds["end-to-end"]
-    flops = 1e11  # the CPU profile: per step the student's head (Linear 3) forward and backward
-    assert one.seconds["end-to-end"] == pytest.approx(100 * (3 * 200 * 10 + 3 * 1000) / flops)
-    whole = estimate({"train": "all"}, 100)  # no cache: the teacher runs at every step
+    # Linear 3 contracts its batch through the cores, in place of its dense GEMM (200 FLOPs a
+    # row): per step forward and backward of that contraction; nothing generated
+    gen = TNGenerator(p.layers[0].spec, (5, 20), device="meta")
+    assert gen.choose_schedule(10, "cpu", weight_cached=False) == "contract"
+    contract = 2 * gen.program.contract_cost(10).macs
+    assert one.seconds["end-to-end"] == pytest.approx(100 * 3 * contract / flops)
+    whole, _ = _estimate(tree, {"train": "all"}, 100)  # no cache: the teacher at every step
     assert not whole.cached_prefix and whole.seconds["prefix cache"] == 0
     assert whole.seconds["end-to-end"] > one.seconds["end-to-end"]
+    augmented, _ = _estimate(tree, {}, 100, augmented=True)  # no cache; the prefix: forward only
+    assert not augmented.cached_prefix
+    assert augmented.seconds["end-to-end"] == pytest.approx(
+        one.seconds["end-to-end"] + 100 * 10 * (2 * 2 * 12 * 20 + 2 * 20 * 5) / flops
+    )
+
+
+def test_a_materialised_layer_is_generated_once_a_step():
+    from adntn_cli.plan import plan
+    from adntn_cli.recipe import parse_recipe
+    from adntn_cli.schedule import distill_schedule, expected_time, leaf_flops
+
+    net = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3, padding=1), torch.nn.ReLU(),
+                              torch.nn.Conv2d(4, 8, 3, padding=1), torch.nn.Flatten(),
+                              torch.nn.Linear(8 * 2 * 2, 5)).to("meta")  # fmt: skip
+    rec = parse_recipe({"version": 1, "model": {"arch": "x", "num_classes": 5, "input_size": 2},
+                        "layers": [{"select": "2", "structure": "ttn", "bond_dim": 2}],
+                        "data": {"batch_size": 10}})  # fmt: skip
+    p = plan(net, rec)
+    sched = dataclasses.replace(distill_schedule(rec, 1, 100, 10), finetune_steps=100)
+    est = expected_time(net, p.layers, rec, sched, val_images=50)
+    leaves, total = leaf_flops(net, 2)
+    frozen = leaves[0][1]  # conv 0 (and the ReLU) before the replaced conv: cached
+    generate = p.layers[0].record.flops  # a Conv2d materialises: its weight, once a step
+    assert est.cached_prefix and generate > 0
+    expected = 100 * (3 * (total - frozen) * 10 + 3 * generate) / 1e11
+    assert est.seconds["end-to-end"] == pytest.approx(expected)
+
+
+def test_plan_says_when_it_cannot_estimate_the_time(tmp_path):
+    recipe = tmp_path / "vit.yaml"
+    recipe.write_text(
+        "version: 1\nmodel: {arch: vit_b_16, num_classes: 10, input_size: 64}\n"
+        "layers: [{select: heads.head, structure: ttn, bond_dim: 2}]\n"
+    )
+    result = run("plan", "torchvision:vit_b_16", "--recipe", str(recipe), "--data", "synthetic:40")
+    assert result.exit_code == 0, result.output
+    assert "expected time: not estimated (counting the FLOPs failed:" in result.output
 
 
 def test_plan_on_a_state_dict_file_uses_the_recipe_arch(tmp_path):

@@ -88,3 +88,58 @@ def test_the_fit_keeps_the_svd_start_only_where_it_is_better():
     assert svd["0"]["start"] == "svd" and svd["0"]["initial"] < random["0"]["initial"] / 2
     assert svd["2"]["start"] == "random" and "start" not in random["0"]
     assert _rel(student[0].generator, teacher[0].weight) < 1  # the start stayed in the layer
+
+
+def test_a_bond_the_rank_cannot_fill_is_padded_with_seeded_noise():
+    torch.manual_seed(0)
+    layer = nn.Linear(36, 48)
+    gen = from_module(layer, StructureSpec("tt", bond_dim=[2, 4096])).generator
+    state = torch.random.get_rng_state()
+    svd_start_(gen, layer.weight, generator=torch.Generator().manual_seed(1))
+    assert torch.equal(torch.random.get_rng_state(), state)  # the global generator untouched
+    cores = [gen.cores[name] for name, _, _ in chain_order(gen)]
+    assert all(c.abs().min() > 0 for c in cores)  # no exact zeros: every entry gets a gradient
+    # the best chain with a first bond of 2 is the best rank-2 cut there: the start attains it
+    err = _rel(gen, layer.weight)
+    legs, order = gen.tz.legs, [*gen.network.w_out, *gen.network.w_in]
+    full = layer.weight.detach().double().reshape([gen.network.index_sizes[i] for i in order])
+    first = [order.index(i) for i in ("o0", "i0")]
+    rest = [k for k in range(full.dim()) if k not in first]
+    s = torch.linalg.svdvals(full.permute(first + rest).reshape(legs[0][0] * legs[0][1], -1))
+    assert err == pytest.approx(float(s[2:].pow(2).sum().sqrt() / s.pow(2).sum().sqrt()), rel=1e-4)
+
+
+def test_a_worse_svd_start_is_undone(monkeypatch):
+    from adntn_cli import distill
+
+    torch.manual_seed(0)
+    teacher = nn.Sequential(nn.Linear(64, 48))
+    student = copy.deepcopy(teacher)
+    student[0] = from_module(teacher[0], StructureSpec("tt", bond_dim=4))
+    random_start = copy.deepcopy(student[0].state_dict())
+
+    def garbage(layer, dense):
+        with torch.no_grad():
+            for core in layer.generator.cores.values():
+                core.mul_(1e3)
+        return True
+
+    monkeypatch.setattr(distill, "_svd_start", garbage)
+    batches = [torch.randn(32, 64) for _ in range(2)]
+    fit = layerwise_fit(teacher, student, ["0"], batches, steps=0, lr=1e-2, start="svd")
+    assert fit["0"]["start"] == "random"
+    for key, value in student[0].state_dict().items():
+        torch.testing.assert_close(value, random_start[key], rtol=0, atol=0)
+
+
+def test_a_fit_that_ends_worse_goes_back_to_the_svd_start():
+    torch.manual_seed(0)
+    teacher = nn.Sequential(nn.Linear(64, 48))
+    student = copy.deepcopy(teacher)
+    student[0] = from_module(teacher[0], StructureSpec("tt", bond_dim=4))
+    batches = [torch.randn(32, 64) for _ in range(2)]
+    fit = layerwise_fit(teacher, student, ["0"], batches, steps=5, lr=1e3, start="svd")
+    assert fit["0"]["start"] == "svd" and fit["0"]["final"] == fit["0"]["initial"]
+    reference = copy.deepcopy(student[0])
+    svd_start_(reference.generator, teacher[0].weight, generator=torch.Generator().manual_seed(0))
+    torch.testing.assert_close(student[0].generator(), reference.generator())
