@@ -155,9 +155,28 @@ def main_callback(
     _show_notes(ctx)
 
 
+def reflow(doc: str | None) -> str | None:
+    """A docstring's prose paragraphs on one line each, so the terminal wraps them at its own
+    width (rich keeps single line breaks: a paragraph wrapped at 100 columns comes out ragged
+    at 80). Paragraphs with indented lines (examples) keep their lines."""
+    if not doc:
+        return doc
+    import inspect
+
+    paragraphs = inspect.cleandoc(doc).split("\n\n")
+    return "\n\n".join(
+        p if any(line.startswith(" ") for line in p.splitlines()) else " ".join(p.split("\n"))
+        for p in paragraphs
+    )
+
+
 def register_commands() -> None:
-    """Import every command module (each registers itself on ``app``)."""
+    """Import every command module (each registers itself on ``app``); their help reflowed."""
     from . import compress, demo, evaluate, export, layers, plan, report, schema  # noqa: F401
+
+    for command in app.registered_commands:
+        if command.callback is not None:
+            command.callback.__doc__ = reflow(command.callback.__doc__)
 
 
 def main() -> None:

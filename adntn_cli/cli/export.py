@@ -29,7 +29,7 @@ def export(
     ] = None,
     onnx: Annotated[
         Path | None,
-        typer.Option("--onnx", help="Write ONNX (needs adntn[onnx]); any batch size runs it."),
+        typer.Option("--onnx", help="Write ONNX (needs adntn\\[onnx]); any batch size runs it."),
     ] = None,
     onnx_weights: Annotated[
         OnnxWeights,

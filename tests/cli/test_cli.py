@@ -223,3 +223,24 @@ def test_bad_recipe_content_exits_2(tmp_path):
 def test_console_script_runs():
     exe = [sys.executable, "-m", "adntn_cli.cli", "--version"]
     assert subprocess.run(exe, capture_output=True, text=True).stdout.startswith("adntn")
+
+
+def test_help_paragraphs_are_reflowed_and_examples_kept():
+    from adntn_cli.cli.app import reflow
+
+    doc = """Summary line.
+
+    A paragraph wrapped
+    at the source's width.
+
+    Examples:
+      adntn plan x
+      adntn plan y
+    """
+    assert reflow(doc) == (
+        "Summary line.\n\nA paragraph wrapped at the source's width.\n\n"
+        "Examples:\n  adntn plan x\n  adntn plan y"
+    )
+    assert reflow(reflow(doc)) == reflow(doc) and reflow(None) is None
+    shown = run("export", "--help").output  # the [onnx] extra is not taken for markup
+    assert "adntn[onnx]" in shown
