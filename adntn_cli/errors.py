@@ -23,6 +23,7 @@ __all__ = [
     "UnsafeFileError",
     "WriteError",
     "brief",
+    "one_line",
 ]
 
 _REPR = reprlib.Repr()
@@ -32,6 +33,13 @@ _REPR.maxstring = _REPR.maxother = 40
 def brief(value: Any) -> str:
     """``repr(value)`` cut to a readable length: values quoted in messages come from users."""
     return _REPR.repr(value)
+
+
+def one_line(err: BaseException) -> str:
+    """The first line of an exception's message (its type's name when it has none): how a
+    failure of a library (a compiler, an exporter) is quoted in a one-line error."""
+    text = str(err).strip()
+    return text.splitlines()[0] if text else type(err).__name__
 
 
 class AdntnError(ValueError):

@@ -33,7 +33,7 @@ import torch
 from torch import nn
 
 from .atomic import temp_path, write_error
-from .errors import AdntnError, ModelError
+from .errors import AdntnError, ModelError, one_line
 from .layers import GeneratedLinear, GeneratedModule
 
 __all__ = [
@@ -233,8 +233,7 @@ def _reason(err: BaseException) -> str:
     """The innermost cause of an exporter's failure, in one line."""
     while err.__cause__ is not None:
         err = err.__cause__
-    text = str(err).strip()
-    return text.splitlines()[0] if text else type(err).__name__
+    return one_line(err)
 
 
 def export_model_onnx(

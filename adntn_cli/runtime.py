@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from .errors import AdntnError
+from .errors import AdntnError, one_line
 from .layers import GeneratedModule
 from .tn import TNGenerator
 
@@ -155,6 +155,5 @@ def _compile_one(gen: TNGenerator) -> str:
                 gen.__dict__.pop(k, None)
             else:
                 gen.__dict__[k] = v
-        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        return f"eager: compile failed ({first[:200]})"
+        return f"eager: compile failed ({one_line(err)[:200]})"
     return "compiled"

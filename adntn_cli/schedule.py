@@ -148,19 +148,19 @@ def _selection_passes(steps: int, per_epoch: int, every: int | None) -> int:
     return len(ends | set(range(every, steps + 1, every)) if every else ends)
 
 
-def _layer_costs(lp, batch: int, device: str) -> tuple[str, int, int]:
-    """A planned layer's training schedule at ``batch`` and its forward FLOPs: generating the
-    weight (per step), and contracting one batch through the cores (contract schedule)."""
+def _layer_costs(lp, batch: int, device: str) -> tuple[int, int]:
+    """A planned layer's forward FLOPs in training at ``batch``, on the schedule the cost model
+    picks there: generating its weight (once a step; 0 when it contracts) and contracting one
+    batch through its cores (0 when it materialises)."""
     from .tn import StructureSpec, TNGenerator
 
     r = lp.record
     if lp.kind != "Linear" or not isinstance(lp.spec, StructureSpec):
-        return "materialise", r.flops, 0
+        return r.flops, 0
     gen = TNGenerator(lp.spec, tuple(r.shape), device="meta")
-    schedule = gen.choose_schedule(batch, device, weight_cached=False)
-    if schedule != "contract":
-        return schedule, r.flops, 0
-    return schedule, 0, 2 * gen.program.contract_cost(batch).macs
+    if gen.choose_schedule(batch, device, weight_cached=False) != "contract":
+        return r.flops, 0
+    return 0, 2 * gen.program.contract_cost(batch).macs
 
 
 def expected_time(
@@ -198,13 +198,13 @@ def expected_time(
     dense = dict(leaves)
     costs = {n: _layer_costs(lp, batch, device) for n, lp in replaced.items()}
     # per image: a contracted layer's GEMM becomes its contraction
-    student = total + sum(c / batch - dense.get(n, 0) for n, (_, _, c) in costs.items() if c)
-    generate = sum(g for _, g, _ in costs.values())  # per step
+    student = total + sum(c / batch - dense.get(n, 0) for n, (_, c) in costs.items() if c)
+    generate = sum(g for g, _ in costs.values())  # per step
     n_train, n_select = sched.train_images or 0, sched.select_images or 0
     steps = sched.finetune_steps or 0
     fitted = [n for n, lp in replaced.items() if lp.kind != "MultiheadAttention"]
     layerwise = total * sched.calibration_images + sched.layerwise_steps * sum(
-        3 * (costs[n][1] + (costs[n][2] or dense.get(n, 0) * batch)) for n in fitted
+        3 * (costs[n][0] + (costs[n][1] or dense.get(n, 0) * batch)) for n in fitted
     )
     teacher = 0 if cached else total
     per_step = (teacher + (0 if cached else frozen) + 3 * (student - frozen)) * batch

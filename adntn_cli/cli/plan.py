@@ -90,6 +90,7 @@ def _expected(net, p, rec, sched, counted: tuple[int | None, bool]):
     """The run's expected time, or a line saying why it cannot be estimated."""
     import torch
 
+    from ..errors import one_line
     from ..schedule import expected_time
 
     val_images, augmented = counted
@@ -99,8 +100,8 @@ def _expected(net, p, rec, sched, counted: tuple[int | None, bool]):
             net, p.layers, rec, sched, val_images, device=kind, augmented=augmented
         )
     except Exception as err:  # a model that does not run on the meta device, say
-        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        return f"expected time: not estimated (counting the FLOPs failed: {reason[:160]})"
+        reason = one_line(err)[:160]
+        return f"expected time: not estimated (counting the FLOPs failed: {reason})"
 
 
 def _schedule(
