@@ -45,7 +45,7 @@ from .evaluate import compare
 from .io import save_compressed
 from .models import load_model, load_source
 from .plan import Plan, apply_plan, model_source, plan
-from .prefix import FrozenPrefix, cache_frozen_prefix
+from .prefix import FrozenPrefix, PrefixCache, cache_frozen_prefix
 from .recipe import Recipe, load_recipe
 from .report import Accuracy, CompressionReport, Scores, metrics_csv, to_markdown
 from .resolved import relative_to_recipe, resolved_recipe
@@ -178,6 +178,7 @@ class Run:
     fit: dict[str, dict[str, float]] = field(default_factory=dict)
     recalibrated: bool = False
     prefix: FrozenPrefix | None = None
+    prefix_cache: PrefixCache | None = None
     history: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -364,6 +365,7 @@ def distil(job: CompressJob, run: Run) -> None:
         mode=d.cache_frozen_prefix, device=run.device, precision=run.amp,
         batch=job.recipe.data.batch_size, store=job.prefix_cache,
     )  # fmt: skip
+    run.prefix_cache = cache
     teacher = cache.teacher_head if cache else run.teacher  # what reads the batches' x
     if cache:
         train_set, select_set, forward = cache.train, cache.select, cache.head
@@ -388,10 +390,18 @@ def distil(job: CompressJob, run: Run) -> None:
 
 def evaluate(job: CompressJob, run: Run) -> Accuracy:
     """Dense and compressed top-1/top-5 on the validation split, and their agreement: the one
-    stage that reads it (the checkpoint was chosen on the held-out ``select`` split)."""
-    val = ordered_loader(run.datasets.val, job.recipe.data.batch_size)
+    stage that reads it (the checkpoint was chosen on the held-out ``select`` split). On a
+    cached frozen prefix the prefix runs once per image (or not at all: ``--prefix-cache``)
+    and the two heads on its outputs: what the whole models compute."""
     run.callback(Event("eval", 0, 1, message="evaluating the dense and the compressed model"))
-    dense, comp, agree = compare(run.teacher, run.student, val, run.device, run.amp)
+    cached = run.prefix_cache.validation(job.prefix_cache) if run.prefix_cache else None
+    a, b, items = run.teacher, run.student, run.datasets.val
+    if cached is not None:
+        cache, (items, how) = run.prefix_cache, cached
+        a, b = cache.teacher_head, cache.head
+        run.prefix = dataclasses.replace(run.prefix, validation=how)
+    val = ordered_loader(items, job.recipe.data.batch_size)
+    dense, comp, agree = compare(a, b, val, run.device, run.amp)
     return Accuracy(Scores.of(dense), Scores.of(comp), agree, comp["n"])
 
 

@@ -42,6 +42,7 @@ class FrozenPrefix:
     reason: str
     cut: str | None = None
     bytes: int = 0
+    validation: str = ""  # how the final evaluation read the validation split ("": as images)
 
 
 @dataclass
@@ -49,14 +50,30 @@ class PrefixCache:
     """The student's head (sharing its modules) and the cached data it trains on: training
     items ``(prefix output, label, teacher logits)``, selection items ``(prefix output,
     label)`` (None without a hold-out); the teacher's head runs where its layers' outputs are
-    needed (``finetune.feature_weight``). The validation split is never cached: it is read once,
-    by the final evaluation, through the whole model."""
+    needed (``finetune.feature_weight``). The validation split is not read before the final
+    evaluation, which asks ``validation`` for its prefix outputs."""
 
     head: nn.Module
     train: TensorDataset
     select: TensorDataset | None
     decision: FrozenPrefix
     teacher_head: nn.Module | None = None  # the teacher after the cut (feature matching)
+    outputs: _Outputs | None = None  # what computes (or stores) the prefix's outputs
+
+    def validation(self, store: Path | None = None) -> tuple[TensorDataset, str] | None:
+        """The validation split's ``(prefix output, label)`` items for the final evaluation of
+        the teacher's head and the student's, read from or written to ``store``, and what was
+        done; None where that would not measure the teacher: its prefix differs from the
+        student's (BatchNorm recalibrated in it), or the outputs would not fit the budget."""
+        run = self.outputs
+        if run is None or not _same_modules(run.prefix, run.teacher):
+            return None
+        per_item = self.train.tensors[0][0].numel() * self.train.tensors[0].element_size()
+        if self.decision.bytes + per_item * len(run.data.val) > CACHE_BUDGET:
+            return None
+        t, where = run.val_stored_in(store) if store is not None else (run.val_computed(), "")
+        what = f"the validation images' output of {self.decision.cut} computed once" + where
+        return TensorDataset(t["h_val"], t["y_val"]), what
 
 
 class _Tracer(fx.Tracer):
@@ -201,7 +218,7 @@ def cache_frozen_prefix(
     decision = FrozenPrefix(True, what + where, cut, held)
     train_set = TensorDataset(t["h_train"], t["y_train"], t["t_train"].float())
     select = TensorDataset(t["h_select"], t["y_select"]) if "h_select" in t else None
-    cache = PrefixCache(head, train_set, select, decision, _teacher_head(teacher, cut))
+    cache = PrefixCache(head, train_set, select, decision, _teacher_head(teacher, cut), run)
     return cache, decision
 
 
@@ -231,17 +248,28 @@ class _Outputs:
             t["h_select"], t["y_select"] = _outputs(self.prefix, self.data.select, *run)
         return t
 
+    def val_computed(self) -> dict[str, torch.Tensor]:
+        """``h_val, y_val``: the prefix's outputs over the validation split, and its labels."""
+        h_val, y_val = _outputs(self.prefix, self.data.val, self.device, self.precision, self.batch)
+        return {"h_val": h_val, "y_val": y_val}
+
     def stored_in(self, folder: Path) -> tuple[dict[str, torch.Tensor], str]:
         """The tensors read from ``folder``, or computed and written there; and what was done."""
+        return self._stored(folder, "train", self.computed)
+
+    def val_stored_in(self, folder: Path) -> tuple[dict[str, torch.Tensor], str]:
+        return self._stored(folder, "val", self.val_computed)
+
+    def _stored(self, folder: Path, split: str, compute) -> tuple[dict[str, torch.Tensor], str]:
         from . import prefixstore
 
         key = prefixstore.prefix_key(
-            self.teacher, self.prefix, self.cut, self.data, self.precision.name
+            self.teacher, self.prefix, self.cut, self.data, self.precision.name, split
         )
         stored = prefixstore.load(folder, key)
         if stored is not None:
             return stored, f", read from {prefixstore.path_of(folder, key)}"
-        path = prefixstore.save(folder, key, t := self.computed())
+        path = prefixstore.save(folder, key, t := compute())
         return t, f", written to {path}"
 
 

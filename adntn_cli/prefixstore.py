@@ -7,6 +7,8 @@ that its contents depend on: the teacher's weights and buffers, the prefix's own
 recalibration changes them), the cut and the prefix's code, the data (its description, split
 sizes, preprocessing and a sample of its images), the precision, and this format's version.
 Anything else gives another name, so a stale file is never read; files are never deleted.
+The validation split's outputs, computed by the final evaluation, are stored under a key of
+their own (``split="val"``).
 """
 
 from __future__ import annotations
@@ -36,20 +38,27 @@ def _update(h: Any, tensors: dict[str, torch.Tensor]) -> None:
 
 
 def prefix_key(
-    teacher: nn.Module, prefix: fx.GraphModule, cut: str, data: Datasets, precision: str
-) -> str:
-    """The name of the stored outputs of ``prefix`` (cut after ``cut``) over ``data``."""
+    teacher: nn.Module, prefix: fx.GraphModule, cut: str, data: Datasets, precision: str,
+    split: str = "train",
+) -> str:  # fmt: skip
+    """The name of the stored outputs of ``prefix`` (cut after ``cut``) over ``data``'s
+    training and selection splits, or (``split="val"``) over its validation split."""
     h = hashlib.sha256()
-    sizes = [len(data.train), len(data.select) if data.select is not None else 0]
+    if split == "val":
+        sizes, samples = [len(data.val)], [data.val[0][0], data.val[len(data.val) - 1][0]]
+    else:
+        sizes = [len(data.train), len(data.select) if data.select is not None else 0]
+        samples = [data.train[0][0], data.train[len(data.train) - 1][0]]
+        if data.select is not None:
+            samples.append(data.select[0][0])
     pre = data.preprocess.to_dict() if data.preprocess is not None else None
     about = {"format": FORMAT, "cut": cut, "code": prefix.code, "data": data.description,
              "sizes": sizes, "preprocess": pre, "precision": precision}  # fmt: skip
+    if split == "val":  # the training key stays what it was: stored files are still found
+        about["split"] = split
     h.update(json.dumps(about, sort_keys=True, default=str).encode())
     _update(h, teacher.state_dict())
     _update(h, {f"prefix.{k}": v for k, v in prefix.state_dict().items()})
-    samples = [data.train[0][0], data.train[len(data.train) - 1][0]]
-    if data.select is not None:
-        samples.append(data.select[0][0])
     _update(h, {f"sample{i}": x for i, x in enumerate(samples)})
     return h.hexdigest()[:32]
 

@@ -95,6 +95,49 @@ def test_a_prefix_whose_batchnorm_was_recalibrated_gets_the_teachers_own_logits(
         torch.testing.assert_close(cache.head(cache.train[:][0]), student(x))
 
 
+def test_the_validation_split_is_read_once_and_both_heads_compute_the_whole_models(tmp_path):
+    teacher = _replicating().eval()
+    student = _student(teacher).eval()
+    data = _data()
+    cache, _ = _cache(student, teacher, data, store=tmp_path)
+    items, how = cache.validation()
+    assert how.startswith("the validation images' output of _2 computed once")
+    h, y = items[:]
+    x, labels = data.val[:]
+    assert torch.equal(y, labels) and h.shape == (8, 8, 1, 1)
+    with torch.no_grad():
+        torch.testing.assert_close(cache.head(h), student(x))
+        torch.testing.assert_close(cache.teacher_head(h), teacher(x))
+    stored, how = cache.validation(tmp_path)
+    assert "written to" in how and len(list(tmp_path.glob("prefix-*.safetensors"))) == 2
+    again, how = _cache(_student(teacher), teacher, data, store=tmp_path)[0].validation(tmp_path)
+    assert "read from" in how and torch.equal(again[:][0], stored[:][0])
+
+
+def test_the_validation_split_goes_through_the_teacher_when_its_prefix_is_another():
+    torch.manual_seed(0)
+    teacher = nn.Sequential(
+        nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.ReLU(), nn.Flatten(), nn.Linear(400, 32),
+        nn.ReLU(), nn.Linear(32, 10),
+    ).eval()  # fmt: skip
+    student = copy.deepcopy(teacher)
+    student[4] = GeneratedLinear.from_module(teacher[4], StructureSpec("ttn", bond_dim=3))
+    student[1].running_mean += 1.0  # recalibrated: the dense model is not the teacher's head
+    student.requires_grad_(False)
+    cache, decision = cache_frozen_prefix(
+        student, teacher, _data(), ["4"], train="replaced", mode="auto", device=CPU,
+        precision=MixedPrecision(), batch=8,
+    )  # fmt: skip
+    assert decision.used and cache.validation() is None
+
+
+def test_validation_outputs_over_the_budget_are_not_cached(monkeypatch):
+    teacher = _replicating().eval()
+    cache, decision = _cache(_student(teacher), teacher, _data())
+    monkeypatch.setattr("adntn_cli.prefix.CACHE_BUDGET", decision.bytes + 8 * 4 * 7)
+    assert cache.validation() is None  # 8 images of 8 float32 values: one over
+
+
 @pytest.mark.parametrize(
     ("kw", "augmented", "reason"),
     [
@@ -164,6 +207,49 @@ def test_a_run_on_the_cached_prefix_ends_where_an_uncached_run_ends(tmp_path):
     frozen = "features.0.weight"
     teacher = torch.load(tmp_path / "t.pt", weights_only=True)
     assert torch.equal(cached[frozen], teacher[frozen])  # train: replaced left it alone
+
+
+PLAIN_RECIPE = """\
+version: 1
+model: {num_classes: 10, input_size: 16}
+layers:
+  - {select: "4", bond_dim: 3}
+distill:
+  layerwise: {steps: 5, batches: 1}
+  finetune: {epochs: 1, lr: 1.0e-3}
+  train: replaced
+  cache_frozen_prefix: MODE
+data: {batch_size: 16}
+"""
+
+
+def test_the_final_evaluation_on_the_cached_prefix_measures_what_the_whole_models_give(tmp_path):
+    torch.manual_seed(0)
+    teacher = nn.Sequential(
+        nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2), nn.Flatten(),
+        nn.Linear(512, 64), nn.ReLU(), nn.Linear(64, 10),
+    )  # fmt: skip
+    torch.save(teacher, tmp_path / "t.pt")  # a whole pickled module: no BatchNorm to recalibrate
+    reports = {}
+    for mode in ("auto", "off"):
+        (tmp_path / f"{mode}.yaml").write_text(PLAIN_RECIPE.replace("MODE", mode))
+        reports[mode] = compress(
+            str(tmp_path / "t.pt"), tmp_path / f"{mode}.yaml", data="synthetic:96",
+            out=tmp_path / mode, device="cpu", allow_pickle=True, prefix_cache=tmp_path / "store",
+        )  # fmt: skip
+    how = reports["auto"]["frozen_prefix"]["validation"]
+    assert how.startswith("the validation images' output of") and "written to" in how
+    assert reports["off"]["frozen_prefix"]["validation"] == ""
+    for model in ("dense", "compressed"):
+        cached, whole = reports["auto"]["accuracy"][model], reports["off"]["accuracy"][model]
+        assert cached == pytest.approx(whole, rel=1e-4), model
+    assert reports["auto"]["accuracy"]["agreement"] == reports["off"]["accuracy"]["agreement"]
+    again = compress(
+        str(tmp_path / "t.pt"), tmp_path / "auto.yaml", data="synthetic:96",
+        out=tmp_path / "again", device="cpu", allow_pickle=True, prefix_cache=tmp_path / "store",
+    )  # fmt: skip
+    assert "read from" in again["frozen_prefix"]["validation"]
+    assert again["accuracy"] == reports["auto"]["accuracy"]
 
 
 def test_a_stored_prefix_is_read_back_and_a_changed_teacher_gets_another_file(tmp_path):

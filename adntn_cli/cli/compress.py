@@ -68,8 +68,9 @@ PrefixCache = Annotated[
     Path | None,
     typer.Option(
         "--prefix-cache",
-        help="Folder that keeps the frozen prefix's outputs between runs on the same "
-        "teacher and data (read when there, else written).",
+        help="Folder that keeps the frozen prefix's outputs (training, hold-out and "
+        "validation images) between runs on the same teacher and data (read when there, "
+        "else written).",
     ),
 ]
 

@@ -32,6 +32,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import signal
 import time
 from pathlib import Path
 
@@ -53,6 +54,8 @@ SIZE = 224
 PHASES = ((112, 4), (224, 1))  # (input size, epochs), in order
 BATCH, LR, WEIGHT_DECAY, SMOOTHING = 128, 1e-3, 5e-4, 0.05
 POLISH_LR = 3e-4  # then one more epoch at 224x224, cosine from this to 0 (89.2% -> see .json)
+TRAIN_IMAGES = 60000  # the official training split, all of it
+SAVE_EVERY = 300  # seconds between progress saves (a stopped run resumes from the last)
 
 
 def _bf16() -> bool:
@@ -62,6 +65,10 @@ def _bf16() -> bool:
 
 def teacher_path(seed: int = 0) -> Path:
     return CACHE / f"alexnet-fashion-{SIZE}-s{seed}.pt"
+
+
+def _progress_path(seed: int, stage: str) -> Path:
+    return CACHE / f"{teacher_path(seed).stem}.{stage}.progress.pt"
 
 
 def _augmented_batch(images: torch.Tensor, size: int, g: torch.Generator) -> torch.Tensor:
@@ -80,35 +87,94 @@ def _augmented_batch(images: torch.Tensor, size: int, g: torch.Generator) -> tor
     return x.expand(-1, 3, -1, -1).contiguous(memory_format=torch.channels_last)
 
 
-def train(data: Path, seed: int = 0, log=print) -> tuple[torch.nn.Module, dict]:
-    torch.manual_seed(seed)
-    g = torch.Generator().manual_seed(seed)
-    model = build_model("alexnet", 10).to(memory_format=torch.channels_last)
+class _Progress:
+    """Where a training stage is, saved to ``.cache/`` every ``SAVE_EVERY`` seconds and on
+    SIGTERM: the model, optimiser, scheduler, the data generator's and the global RNG's state
+    (dropout), the epoch's order and the next batch. A stage resumed from it takes the same
+    steps on the same batches as one never stopped (same machine, same threads)."""
+
+    def __init__(self, path: Path, stage: str) -> None:
+        self.path, self.stage, self.stop = path, stage, False
+        self.saved_at = time.time()
+
+    def load(self) -> dict | None:
+        if not self.path.exists():
+            return None
+        state = torch.load(self.path, weights_only=False)
+        return state if state["stage"] == self.stage else None
+
+    def save(self, **state) -> None:
+        state = {"stage": self.stage, "rng": torch.get_rng_state(), **state}
+        write_bytes(self.path, torch_bytes(state))  # atomic: a kill mid-write keeps the last
+        self.saved_at = time.time()
+
+    def due(self) -> bool:
+        return self.stop or time.time() - self.saved_at > SAVE_EVERY
+
+
+def _run_stage(
+    stage: str, model: torch.nn.Module, sizes: list[int], opt, sched, g: torch.Generator,
+    seed: int, data: Path, log,
+) -> dict:  # fmt: skip
+    """Train ``model`` one epoch per entry of ``sizes`` (its input size), resuming where a
+    stopped run of this ``stage`` saved; returns ``{"seconds", "resumes"}``."""
     images = IdxImages("fashion-mnist", data, "train", transform=None)
     x_all, y_all = images.images, images.labels  # (60000, 1, 28, 28) uint8, (60000,)
-    per_epoch = math.ceil(len(y_all) / BATCH)
-    total = per_epoch * sum(e for _, e in PHASES)
+    per_epoch, total = math.ceil(len(y_all) / BATCH), math.ceil(len(y_all) / BATCH) * len(sizes)
+    progress = _Progress(_progress_path(seed, stage), stage)
+    at, perm, spent, resumes = 0, None, 0.0, 0
+    if (saved := progress.load()) is not None:
+        model.load_state_dict(saved["model"])
+        opt.load_state_dict(saved["opt"])
+        sched.load_state_dict(saved["sched"])
+        g.set_state(saved["g"])
+        torch.set_rng_state(saved["rng"])
+        at, perm, spent = saved["at"], saved["perm"], saved["seconds"]
+        resumes = saved["resumes"] + 1
+        log(f"{stage}: resumed at step {at}/{total} ({progress.path})")
+    previous = signal.signal(signal.SIGTERM, lambda *_: setattr(progress, "stop", True))
+    model.to(memory_format=torch.channels_last).train()
+    started = time.time()
+    try:
+        for step in range(at, total):
+            epoch, k = divmod(step, per_epoch)
+            if k == 0:  # an epoch's order is drawn at its start (and saved with it)
+                perm = torch.randperm(len(y_all), generator=g)
+            idx = perm[k * BATCH : (k + 1) * BATCH]
+            x = _augmented_batch(x_all[idx], sizes[epoch], g)
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=_bf16()):
+                logits = model(x)
+            loss = F.cross_entropy(logits.float(), y_all[idx], label_smoothing=SMOOTHING)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            sched.step()
+            seconds = spent + time.time() - started
+            if (step + 1) % 50 == 0 or step + 1 == total:
+                log(f"{stage} step {step + 1}/{total} at {sizes[epoch]}px: "
+                    f"loss {float(loss.detach()):.4f}, {seconds:.0f} s")  # fmt: skip
+            if progress.due() and step + 1 < total:
+                progress.save(model=model.state_dict(), opt=opt.state_dict(),
+                              sched=sched.state_dict(), g=g.get_state(), at=step + 1,
+                              perm=perm, seconds=seconds, resumes=resumes)  # fmt: skip
+                if progress.stop:
+                    raise SystemExit(f"{stage}: stopped at step {step + 1}/{total}, saved")
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    model.to(memory_format=torch.contiguous_format).eval()
+    return {"seconds": round(spent + time.time() - started, 1), "resumes": resumes}
+
+
+def train(data: Path, seed: int = 0, log=print) -> tuple[torch.nn.Module, dict]:
+    """The main schedule: ``PHASES``, one-cycle over all of it."""
+    torch.manual_seed(seed)
+    g = torch.Generator().manual_seed(seed)
+    model = build_model("alexnet", 10)
+    sizes = [size for size, epochs in PHASES for _ in range(epochs)]
+    total = math.ceil(TRAIN_IMAGES / BATCH) * len(sizes)
     opt = torch.optim.AdamW(model.parameters(), lr=LR, weight_decay=WEIGHT_DECAY)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=LR, total_steps=total)
-    model.train()
-    step, started = 0, time.time()
-    for size, epochs in PHASES:
-        for _ in range(epochs):
-            perm = torch.randperm(len(y_all), generator=g)
-            for k in range(per_epoch):
-                idx = perm[k * BATCH : (k + 1) * BATCH]
-                x = _augmented_batch(x_all[idx], size, g)
-                with torch.autocast("cpu", dtype=torch.bfloat16, enabled=_bf16()):
-                    logits = model(x)
-                loss = F.cross_entropy(logits.float(), y_all[idx], label_smoothing=SMOOTHING)
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                opt.step()
-                sched.step()
-                step += 1
-                if step % 50 == 0 or step == total:
-                    log(f"step {step}/{total} at {size}px: loss {float(loss):.4f}, "
-                        f"{time.time() - started:.0f} s")  # fmt: skip
+    done = _run_stage("main", model, sizes, opt, sched, g, seed, data, log)
     info = {
         "phases": [list(p) for p in PHASES],
         "batch": BATCH,
@@ -116,11 +182,12 @@ def train(data: Path, seed: int = 0, log=print) -> tuple[torch.nn.Module, dict]:
         "weight_decay": WEIGHT_DECAY,
         "label_smoothing": SMOOTHING,
         "seed": seed,
-        "train_images": len(y_all),
+        "train_images": TRAIN_IMAGES,
         "precision": "bf16" if _bf16() else "fp32",
-        "seconds": round(time.time() - started, 1),
+        "threads": torch.get_num_threads(),
+        **done,
     }
-    return model.to(memory_format=torch.contiguous_format).eval(), info
+    return model, info
 
 
 def polish(model: torch.nn.Module, data: Path, seed: int = 0, log=print) -> dict:
@@ -129,29 +196,11 @@ def polish(model: torch.nn.Module, data: Path, seed: int = 0, log=print) -> dict
     6x6 map (89.2% top-1)."""
     torch.manual_seed(seed + 1)
     g = torch.Generator().manual_seed(seed + 1)
-    model = model.to(memory_format=torch.channels_last).train()
-    images = IdxImages("fashion-mnist", data, "train", transform=None)
-    x_all, y_all = images.images, images.labels
-    per_epoch = math.ceil(len(y_all) / BATCH)
     opt = torch.optim.AdamW(model.parameters(), lr=POLISH_LR, weight_decay=WEIGHT_DECAY)
-    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, per_epoch)
-    perm, started = torch.randperm(len(y_all), generator=g), time.time()
-    for k in range(per_epoch):
-        idx = perm[k * BATCH : (k + 1) * BATCH]
-        x = _augmented_batch(x_all[idx], SIZE, g)
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=_bf16()):
-            logits = model(x)
-        loss = F.cross_entropy(logits.float(), y_all[idx], label_smoothing=SMOOTHING)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        sched.step()
-        if (k + 1) % 50 == 0 or k + 1 == per_epoch:
-            log(f"polish step {k + 1}/{per_epoch}: loss {float(loss.detach()):.4f}, "
-                f"{time.time() - started:.0f} s")  # fmt: skip
-    model.to(memory_format=torch.contiguous_format).eval()
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, math.ceil(TRAIN_IMAGES / BATCH))
+    done = _run_stage("polish", model, [SIZE], opt, sched, g, seed, data, log)
     return {"polish": {"size": SIZE, "epochs": 1, "lr": POLISH_LR},
-            "polish_seconds": round(time.time() - started, 1)}  # fmt: skip
+            "polish_seconds": done["seconds"], "polish_resumes": done["resumes"]}  # fmt: skip
 
 
 def test_accuracy(model: torch.nn.Module, data: Path) -> dict:
@@ -162,29 +211,36 @@ def test_accuracy(model: torch.nn.Module, data: Path) -> dict:
 
 def fashion_teacher(data: Path = FASHION, seed: int = 0, log=print) -> tuple[Path, dict]:
     """The trained teacher's file (trained and cached when missing) and its record: the main
-    schedule, then ``polish``. A cached checkpoint of the main schedule alone (an earlier
-    version of this file) is polished, not retrained: the same steps in the same order."""
+    schedule, then ``polish``. The main schedule's checkpoint is written before the polish, so
+    a run stopped there polishes it, not retrains it; a stage stopped midway resumes from its
+    progress file (``_Progress``)."""
     path = teacher_path(seed)
     record = path.with_suffix(".json")
     info = json.loads(record.read_text()) if path.exists() and record.exists() else None
     if info is not None and "polish" in info:
         return path, info
     CACHE.mkdir(exist_ok=True)
-    if info is None:
+    if info is None:  # the main schedule, then its checkpoint: a stopped polish starts there
         model, info = train(data, seed, log)
-        info["top1_before_polish"] = test_accuracy(model, data)["top1"]
-    else:
-        model = build_model("alexnet", 10)
-        model.load_state_dict(torch.load(path, weights_only=True)["state_dict"])
-        info["top1_before_polish"] = info.pop("top1")
+        info["top1"] = test_accuracy(model, data)["top1"]
+        _save(model, path, record, info)
+        _progress_path(seed, "main").unlink(missing_ok=True)
+    model = build_model("alexnet", 10)
+    model.load_state_dict(torch.load(path, weights_only=True)["state_dict"])
+    info["top1_before_polish"] = info.pop("top1")
     info.update(polish(model, data, seed, log))
     acc = test_accuracy(model, data)
     info.update(top1=acc["top1"], top5=acc["top5"], loss=acc["loss"], test_images=acc["n"])
     log(f"teacher alexnet@{SIZE} on Fashion-MNIST: test top-1 {acc['top1']:.4f}")
+    _save(model, path, record, info)
+    _progress_path(seed, "polish").unlink(missing_ok=True)
+    return path, info
+
+
+def _save(model: torch.nn.Module, path: Path, record: Path, info: dict) -> None:
     saved = {"state_dict": model.state_dict(), "arch": "alexnet", "num_classes": 10}
     write_bytes(path, torch_bytes({**saved, "input_size": SIZE}))  # atomic: never half a file
     write_text(record, json.dumps(info, indent=1) + "\n")
-    return path, info
 
 
 if __name__ == "__main__":
