@@ -1,0 +1,56 @@
+"""The Fashion-MNIST study's teacher (benchmarks/accuracy/fashion_teacher.py) resumes where a
+stopped run saved: the same steps on the same batches as a run never stopped. Shown on a small
+convolutional model at 32x32 on 64 IDX images (the real one is AlexNet at 224x224)."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+
+from tests.cli.test_data_sources import idx_folder
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks" / "accuracy"))
+import fashion_teacher as ft  # noqa: E402
+
+
+def _small(arch: str, num_classes: int) -> nn.Module:
+    return nn.Sequential(
+        nn.Conv2d(3, 4, 5, stride=4), nn.ReLU(), nn.Flatten(), nn.Dropout(0.5),
+        nn.Linear(4 * 7 * 7, num_classes),
+    )  # fmt: skip
+
+
+@pytest.fixture
+def small_teacher(tmp_path, monkeypatch):
+    monkeypatch.setattr(ft, "build_model", _small)
+    monkeypatch.setattr(ft, "CACHE", tmp_path / "cache")
+    monkeypatch.setattr(ft, "TRAIN_IMAGES", 64)
+    monkeypatch.setattr(ft, "BATCH", 16)
+    monkeypatch.setattr(ft, "PHASES", ((32, 1), (32, 1)))
+    (tmp_path / "cache").mkdir()
+    return idx_folder(tmp_path / "fashion", n_train=64, n_val=16)
+
+
+def test_a_stopped_stage_resumes_to_the_weights_of_one_never_stopped(small_teacher, monkeypatch):
+    whole, _ = ft.train(small_teacher, seed=3)
+    monkeypatch.setattr(ft, "SAVE_EVERY", -1)  # save after every step
+    stopped = ft._Progress.save
+
+    def save_then_stop(self, **state):  # as SIGTERM would, after step 5 of 8
+        stopped(self, **state)
+        if state["at"] == 5:
+            self.stop = True
+
+    monkeypatch.setattr(ft._Progress, "save", save_then_stop)
+    monkeypatch.setattr(ft._Progress, "due", lambda self: True)
+    with pytest.raises(SystemExit, match="stopped at step 5/8, saved"):
+        ft.train(small_teacher, seed=3)
+    monkeypatch.setattr(ft._Progress, "save", stopped)
+    resumed, info = ft.train(small_teacher, seed=3)
+    assert info["resumes"] == 1
+    for (name, a), b in zip(whole.state_dict().items(), resumed.state_dict().values(), strict=True):
+        assert torch.equal(a, b), name
