@@ -9,7 +9,7 @@ from .errors import MemoryBudgetError, TNConfigError
 from .generator import TNGenerator
 from .spec import StructureSpec
 
-__all__ = ["bond_dim_for_ratio", "tapered"]
+__all__ = ["bond_dim_for_ratio", "fill_levels", "tapered"]
 
 
 def tapered(gen: TNGenerator, chi: int) -> list[int] | int:
@@ -32,9 +32,11 @@ def bond_dim_for_ratio(
     *,
     memory_budget: int | None = None,
     max_bond: int = 1024,
+    fill: bool = True,
 ) -> StructureSpec:
     """``spec`` with the uniform (mera: tapered) bond dimension giving the most parameters that
-    are not above ``dense / target_ratio``.
+    are not above ``dense / target_ratio``; then, with ``fill``, single levels raised by one
+    where the budget that choice leaves unused allows (``fill_levels``).
 
     Raises ``TNConfigError`` when even bond dimension 1 has too many parameters (the budget is
     unreachable for this structure, e.g. lowrank below ``O + I + 1``).
@@ -69,4 +71,29 @@ def bond_dim_for_ratio(
     while hi - lo > 1:  # fits(lo) and not fits(hi)
         mid = (lo + hi) // 2
         lo, hi = (mid, hi) if fits(mid) else (lo, mid)
-    return dataclasses.replace(spec, bond_dim=tapered(probe, lo))
+    uniform = dataclasses.replace(spec, bond_dim=tapered(probe, lo))
+    return fill_levels(uniform, weight_shape, allowed, memory_budget) if fill else uniform
+
+
+def fill_levels(
+    spec: StructureSpec, weight_shape: Sequence[int], allowed: float, memory_budget: int | None
+) -> StructureSpec:
+    """Raise one level's bond at a time by one, round-robin in the structure's
+    ``fill_order`` (trees: the root's bonds first; tt: the middle of the chain first), keeping
+    each raise that adds parameters and stays within ``allowed`` and the memory budget, until a
+    whole round keeps none. At 77,000x on AlexNet's FC7 the uniform choice leaves tt at bond 1
+    (81 parameters of 218 allowed); filled, bonds of 2 go where they fit."""
+    gen = TNGenerator(spec, weight_shape, device="meta", memory_budget=memory_budget)
+    n = gen.structure.levels(gen.tz, spec)
+    chis, count = list(gen.structure.bond_dims(spec, n)), gen.num_params
+    raised = True
+    while raised:
+        raised = False
+        for level in gen.structure.fill_order(n):
+            trial = [c + (k == level) for k, c in enumerate(chis)]
+            bigger = _build(dataclasses.replace(spec, bond_dim=trial), weight_shape, memory_budget)
+            if bigger is not None and count < bigger.num_params <= allowed:
+                chis, count, raised = trial, bigger.num_params, True
+    if len(set(chis)) == 1 and not isinstance(spec.bond_dim, (list, tuple)):
+        return spec  # nothing raised: the uniform spec, as it was given
+    return dataclasses.replace(spec, bond_dim=chis)

@@ -189,6 +189,11 @@ class Structure(ABC):
     def levels(self, tz: Tensorization, spec: StructureSpec) -> int:
         """How many entries a per-level ``bond_dim`` list has for this weight."""
 
+    def fill_order(self, n: int) -> list[int]:
+        """The order in which ``target_ratio``'s budget fill raises the ``n`` levels' bonds:
+        coarse to fine (a tree's root bonds carry everything below them)."""
+        return list(range(n))
+
     @abstractmethod
     def build(self, tz: Tensorization, spec: StructureSpec) -> Network:
         """Lay out the cores and steps that generate the weight tensorised as ``tz``."""

@@ -33,6 +33,10 @@ class TT(Structure):
             raise TNConfigError(f"tt needs at least 2 physical legs; {tz.weight_shape} gives 1")
         return tz.n_legs - 1
 
+    def fill_order(self, n: int) -> list[int]:
+        """The middle bonds first: a chain's rank is limited most in its middle."""
+        return sorted(range(n), key=lambda k: (abs(2 * k - (n - 1)), k))
+
     def build(self, tz: Tensorization, spec: StructureSpec) -> Network:
         b = Builder(tz)
         n = tz.n_legs
