@@ -171,8 +171,11 @@ def plan(
         try:
             spec, target = _spec(fields)
             shape = tuple(_weights(module)[0].shape)
-            if target is not None:
-                spec = bond_dim_for_ratio(spec, shape, target, memory_budget=memory_budget)
+            if target is not None:  # attention: in_proj's bonds serve out_proj too, uniform
+                fill = not isinstance(module, nn.MultiheadAttention)
+                spec = bond_dim_for_ratio(
+                    spec, shape, target, memory_budget=memory_budget, fill=fill
+                )
         except TNConfigError as err:
             raise RecipeError(f"{where}: {err}") from None
         out.append(_layer_plan(name, module, spec, batch, memory_budget, where))

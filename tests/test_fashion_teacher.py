@@ -14,7 +14,7 @@ from torch import nn
 from tests.cli.test_data_sources import idx_folder
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks" / "accuracy"))
-import fashion_teacher as ft  # noqa: E402
+import fashion_teacher as ft
 
 
 def _small(arch: str, num_classes: int) -> nn.Module:

@@ -49,6 +49,15 @@ def test_target_ratio_picks_the_largest_generator_within_budget(structure, targe
     assert over.ratio < target or over.num_params == lp.record["tn_params"]
 
 
+@pytest.mark.parametrize("structure", ["tt", "augttn"])
+def test_an_attention_layer_plans_with_a_target_ratio(structure):
+    """in_proj (3E x E) and out_proj (E x E) have different level counts: one uniform bond
+    serves both (a filled per-level list would fit only in_proj)."""
+    r = recipe({"select": "0", "structure": structure, "target_ratio": 20})
+    (lp,) = plan(nn.Sequential(nn.MultiheadAttention(256, 4)), r).layers
+    assert isinstance(lp.spec.bond_dim, int) and lp.record["tn_params"] > 0
+
+
 def test_unreachable_target_is_a_recipe_error_naming_the_layer():
     r = recipe({"select": "2", "structure": "lowrank", "target_ratio": 1000})
     with pytest.raises(RecipeError, match=r"layers\[0\] \(2\): lowrank cannot reach 1000x"):

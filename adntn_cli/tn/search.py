@@ -72,28 +72,40 @@ def bond_dim_for_ratio(
         mid = (lo + hi) // 2
         lo, hi = (mid, hi) if fits(mid) else (lo, mid)
     uniform = dataclasses.replace(spec, bond_dim=tapered(probe, lo))
-    return fill_levels(uniform, weight_shape, allowed, memory_budget) if fill else uniform
+    if not fill:
+        return uniform
+    return fill_levels(uniform, weight_shape, allowed, memory_budget, max_bond=max_bond)
 
 
 def fill_levels(
-    spec: StructureSpec, weight_shape: Sequence[int], allowed: float, memory_budget: int | None
+    spec: StructureSpec,
+    weight_shape: Sequence[int],
+    allowed: float,
+    memory_budget: int | None,
+    *,
+    max_bond: int = 1024,
 ) -> StructureSpec:
     """Raise one level's bond at a time by one, round-robin in the structure's
     ``fill_order`` (trees: the root's bonds first; tt: the middle of the chain first), keeping
     each raise that adds parameters and stays within ``allowed`` and the memory budget, until a
-    whole round keeps none. At 77,000x on AlexNet's FC7 the uniform choice leaves tt at bond 1
-    (81 parameters of 218 allowed); filled, bonds of 2 go where they fit."""
+    whole round keeps none; no bond goes above ``max_bond`` or, in mera, above its level's cap
+    (a larger one only grows the state). At 77,000x on AlexNet's FC7 the uniform choice leaves
+    tt at bond 1 (81 parameters of 218 allowed); filled, bonds of 2 go where they fit."""
     gen = TNGenerator(spec, weight_shape, device="meta", memory_budget=memory_budget)
     n = gen.structure.levels(gen.tz, spec)
-    chis, count = list(gen.structure.bond_dims(spec, n)), gen.num_params
+    start = list(gen.structure.bond_dims(spec, n))
+    caps = gen.network.info.get("caps") or [max_bond] * n
+    chis, count = list(start), gen.num_params
     raised = True
     while raised:
         raised = False
         for level in gen.structure.fill_order(n):
+            if chis[level] >= min(caps[level], max_bond):
+                continue
             trial = [c + (k == level) for k, c in enumerate(chis)]
             bigger = _build(dataclasses.replace(spec, bond_dim=trial), weight_shape, memory_budget)
             if bigger is not None and count < bigger.num_params <= allowed:
                 chis, count, raised = trial, bigger.num_params, True
-    if len(set(chis)) == 1 and not isinstance(spec.bond_dim, (list, tuple)):
-        return spec  # nothing raised: the uniform spec, as it was given
+    if chis == start:
+        return spec  # nothing raised: the spec as it was given
     return dataclasses.replace(spec, bond_dim=chis)

@@ -62,3 +62,13 @@ def test_lowrank_and_a_budget_with_nothing_left_keep_the_uniform_spec():
         == bond_dim_for_ratio(StructureSpec("lowrank"), SHAPE, 100, fill=False).bond_dim
     )
     assert isinstance(spec.bond_dim, int)
+
+
+def test_the_fill_keeps_mera_under_its_caps_and_every_bond_under_max_bond():
+    shape = (4096, 4096)
+    spec = StructureSpec("mera", options={"leg_dim": 2})
+    filled = bond_dim_for_ratio(spec, shape, 500)
+    caps = TNGenerator(filled, shape, device="meta").network.info["caps"]
+    assert all(c <= cap for c, cap in zip(filled.bond_dim, caps, strict=True))
+    ttn = bond_dim_for_ratio(StructureSpec("ttn"), shape, 1.5, max_bond=16)
+    assert max([ttn.bond_dim] if isinstance(ttn.bond_dim, int) else ttn.bond_dim) <= 16
