@@ -28,7 +28,6 @@ def _small(arch: str, num_classes: int) -> nn.Module:
 def small_teacher(tmp_path, monkeypatch):
     monkeypatch.setattr(ft, "build_model", _small)
     monkeypatch.setattr(ft, "CACHE", tmp_path / "cache")
-    monkeypatch.setattr(ft, "TRAIN_IMAGES", 64)
     monkeypatch.setattr(ft, "BATCH", 16)
     monkeypatch.setattr(ft, "PHASES", ((32, 1), (32, 1)))
     (tmp_path / "cache").mkdir()
@@ -37,6 +36,7 @@ def small_teacher(tmp_path, monkeypatch):
 
 def test_a_stopped_stage_resumes_to_the_weights_of_one_never_stopped(small_teacher, monkeypatch):
     whole, _ = ft.train(small_teacher, seed=3)
+    ft._progress_path(3, "main").unlink()  # saved at its last step: this run starts over
     monkeypatch.setattr(ft, "SAVE_EVERY", -1)  # save after every step
     stopped = ft._Progress.save
 
@@ -54,3 +54,44 @@ def test_a_stopped_stage_resumes_to_the_weights_of_one_never_stopped(small_teach
     assert info["resumes"] == 1
     for (name, a), b in zip(whole.state_dict().items(), resumed.state_dict().values(), strict=True):
         assert torch.equal(a, b), name
+
+
+def test_a_stop_in_a_stages_last_step_is_saved_and_resumes_to_the_end(small_teacher, monkeypatch):
+    whole, _ = ft.train(small_teacher, seed=3)
+    calls = []
+
+    def sigterm_in_the_last_step(self):
+        calls.append(1)
+        self.stop = len(calls) == 8
+        return self.stop
+
+    monkeypatch.setattr(ft._Progress, "due", sigterm_in_the_last_step)
+    ft._progress_path(3, "main").unlink()
+    ft.train(small_teacher, seed=3)  # ends normally: the stage is done, saved at step 8
+    assert torch.load(ft._progress_path(3, "main"), weights_only=False)["at"] == 8
+    resumed, info = ft.train(small_teacher, seed=3)
+    assert info["resumes"] == 1
+    for a, b in zip(whole.state_dict().values(), resumed.state_dict().values(), strict=True):
+        assert torch.equal(a, b)
+
+
+def test_progress_saved_under_other_settings_is_not_resumed(small_teacher, monkeypatch):
+    ft.train(small_teacher, seed=3)  # leaves its progress at the last step
+    monkeypatch.setattr(ft, "LR", 2 * ft.LR)
+    messages = []
+    _, info = ft.train(small_teacher, seed=3, log=messages.append)
+    assert info["resumes"] == 0
+    assert any("saved under other settings; starting over" in m for m in messages)
+
+
+def test_the_checkpoint_holds_its_record_and_an_older_one_is_read_from_its_json(small_teacher):
+    path = ft.teacher_path(0)
+    model = _small("alexnet", 10)
+    ft._save(model, path, path.with_suffix(".json"), {"top1": 0.5, "polish": {}})
+    path.with_suffix(".json").unlink()  # the record is the checkpoint's own
+    assert ft._record(path) == {"top1": 0.5, "polish": {}}
+    saved = {"state_dict": model.state_dict(), "arch": "alexnet", "num_classes": 10}
+    torch.save(saved, path)  # as the first version wrote it: the record beside it
+    assert ft._record(path) is None
+    path.with_suffix(".json").write_text('{"top1": 0.25}')
+    assert ft._record(path) == {"top1": 0.25}

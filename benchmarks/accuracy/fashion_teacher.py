@@ -21,10 +21,16 @@ augmentation come from one seeded generator), so a missing checkpoint is rebuilt
 - then ``polish``: one more epoch at 224x224, cosine from 3e-4 (one epoch at 224 left it at
   89.2%, short of the study's 90%).
 
-The checkpoint is written as ``{"state_dict", "arch", "num_classes", "input_size"}`` (timm's
-layout, what ``adntn compress`` reads with no ``--arch``) to ``.cache/`` beside this file, never
-to git; its top-1 on the official 10,000-image test split is measured by adntn's own evaluation
-(``adntn_cli.evaluate.accuracy``, float32, the ``fashion-mnist:PATH`` source at 224x224).
+The checkpoint is written as ``{"state_dict", "arch", "num_classes", "input_size", "record"}``
+(timm's layout, what ``adntn compress`` reads with no ``--arch``; the record is also copied to a
+.json beside it) to ``.cache/`` beside this file, never to git; its top-1 on the official
+10,000-image test split is measured by adntn's own evaluation (``adntn_cli.evaluate.accuracy``,
+float32, the ``fashion-mnist:PATH`` source at 224x224).
+
+Each stage saves its progress to ``.cache/`` every 5 minutes, at its last step and on SIGTERM,
+and a rerun resumes it with the steps an uninterrupted run takes (on an AVX2 CPU in fp32 the
+whole takes about 2.5 hours, longer than some sessions); progress saved under other settings
+(schedule, seed, precision) is not resumed.
 """
 
 from __future__ import annotations
@@ -54,7 +60,6 @@ SIZE = 224
 PHASES = ((112, 4), (224, 1))  # (input size, epochs), in order
 BATCH, LR, WEIGHT_DECAY, SMOOTHING = 128, 1e-3, 5e-4, 0.05
 POLISH_LR = 3e-4  # then one more epoch at 224x224, cosine from this to 0 (89.2% -> see .json)
-TRAIN_IMAGES = 60000  # the official training split, all of it
 SAVE_EVERY = 300  # seconds between progress saves (a stopped run resumes from the last)
 
 
@@ -93,18 +98,25 @@ class _Progress:
     (dropout), the epoch's order and the next batch. A stage resumed from it takes the same
     steps on the same batches as one never stopped (same machine, same threads)."""
 
-    def __init__(self, path: Path, stage: str) -> None:
-        self.path, self.stage, self.stop = path, stage, False
+    def __init__(self, path: Path, stage: str, settings: dict) -> None:
+        self.path, self.stage, self.settings, self.stop = path, stage, settings, False
         self.saved_at = time.time()
 
-    def load(self) -> dict | None:
+    def load(self, log=print) -> dict | None:
+        """The saved state, or None: none saved, or saved under other settings (the schedule,
+        the seed or the precision changed: it is started over, and the file replaced)."""
         if not self.path.exists():
             return None
         state = torch.load(self.path, weights_only=False)
-        return state if state["stage"] == self.stage else None
+        # a file saved before settings were recorded comes from this schedule (issue 15's run)
+        if state["stage"] == self.stage and state.get("settings", self.settings) == self.settings:
+            return state
+        log(f"{self.stage}: {self.path} was saved under other settings; starting over")
+        return None
 
     def save(self, **state) -> None:
-        state = {"stage": self.stage, "rng": torch.get_rng_state(), **state}
+        state = {"stage": self.stage, "settings": self.settings, "rng": torch.get_rng_state(),
+                 **state}  # fmt: skip
         write_bytes(self.path, torch_bytes(state))  # atomic: a kill mid-write keeps the last
         self.saved_at = time.time()
 
@@ -112,18 +124,30 @@ class _Progress:
         return self.stop or time.time() - self.saved_at > SAVE_EVERY
 
 
+def _settings(stage: str, seed: int) -> dict:
+    """What a stage's steps depend on: a progress file saved under other settings is not resumed."""
+    common = {"batch": BATCH, "weight_decay": WEIGHT_DECAY, "label_smoothing": SMOOTHING,
+              "seed": seed, "precision": "bf16" if _bf16() else "fp32"}  # fmt: skip
+    if stage == "main":
+        return {**common, "phases": [list(p) for p in PHASES], "lr": LR}
+    return {**common, "size": SIZE, "lr": POLISH_LR}
+
+
 def _run_stage(
-    stage: str, model: torch.nn.Module, sizes: list[int], opt, sched, g: torch.Generator,
+    stage: str, model: torch.nn.Module, sizes: list[int], opt, schedule, g: torch.Generator,
     seed: int, data: Path, log,
 ) -> dict:  # fmt: skip
-    """Train ``model`` one epoch per entry of ``sizes`` (its input size), resuming where a
-    stopped run of this ``stage`` saved; returns ``{"seconds", "resumes"}``."""
+    """Train ``model`` one epoch per entry of ``sizes`` (its input size), with the scheduler
+    ``schedule(opt, total_steps)``, resuming where a stopped run of this ``stage`` saved (the
+    last save is at its last step); returns ``{"seconds", "resumes", "train_images"}``."""
     images = IdxImages("fashion-mnist", data, "train", transform=None)
     x_all, y_all = images.images, images.labels  # (60000, 1, 28, 28) uint8, (60000,)
-    per_epoch, total = math.ceil(len(y_all) / BATCH), math.ceil(len(y_all) / BATCH) * len(sizes)
-    progress = _Progress(_progress_path(seed, stage), stage)
+    per_epoch = math.ceil(len(y_all) / BATCH)
+    total = per_epoch * len(sizes)
+    sched = schedule(opt, total)
+    progress = _Progress(_progress_path(seed, stage), stage, _settings(stage, seed))
     at, perm, spent, resumes = 0, None, 0.0, 0
-    if (saved := progress.load()) is not None:
+    if (saved := progress.load(log)) is not None:
         model.load_state_dict(saved["model"])
         opt.load_state_dict(saved["opt"])
         sched.load_state_dict(saved["sched"])
@@ -153,16 +177,17 @@ def _run_stage(
             if (step + 1) % 50 == 0 or step + 1 == total:
                 log(f"{stage} step {step + 1}/{total} at {sizes[epoch]}px: "
                     f"loss {float(loss.detach()):.4f}, {seconds:.0f} s")  # fmt: skip
-            if progress.due() and step + 1 < total:
+            if progress.due() or step + 1 == total:  # a stop in the test that follows: done
                 progress.save(model=model.state_dict(), opt=opt.state_dict(),
                               sched=sched.state_dict(), g=g.get_state(), at=step + 1,
                               perm=perm, seconds=seconds, resumes=resumes)  # fmt: skip
-                if progress.stop:
+                if progress.stop and step + 1 < total:
                     raise SystemExit(f"{stage}: stopped at step {step + 1}/{total}, saved")
     finally:
         signal.signal(signal.SIGTERM, previous)
     model.to(memory_format=torch.contiguous_format).eval()
-    return {"seconds": round(spent + time.time() - started, 1), "resumes": resumes}
+    seconds = round(spent + time.time() - started, 1)
+    return {"seconds": seconds, "resumes": resumes, "train_images": len(y_all)}
 
 
 def train(data: Path, seed: int = 0, log=print) -> tuple[torch.nn.Module, dict]:
@@ -171,10 +196,12 @@ def train(data: Path, seed: int = 0, log=print) -> tuple[torch.nn.Module, dict]:
     g = torch.Generator().manual_seed(seed)
     model = build_model("alexnet", 10)
     sizes = [size for size, epochs in PHASES for _ in range(epochs)]
-    total = math.ceil(TRAIN_IMAGES / BATCH) * len(sizes)
     opt = torch.optim.AdamW(model.parameters(), lr=LR, weight_decay=WEIGHT_DECAY)
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=LR, total_steps=total)
-    done = _run_stage("main", model, sizes, opt, sched, g, seed, data, log)
+
+    def one_cycle(opt, total):
+        return torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=LR, total_steps=total)
+
+    done = _run_stage("main", model, sizes, opt, one_cycle, g, seed, data, log)
     info = {
         "phases": [list(p) for p in PHASES],
         "batch": BATCH,
@@ -182,9 +209,9 @@ def train(data: Path, seed: int = 0, log=print) -> tuple[torch.nn.Module, dict]:
         "weight_decay": WEIGHT_DECAY,
         "label_smoothing": SMOOTHING,
         "seed": seed,
-        "train_images": TRAIN_IMAGES,
         "precision": "bf16" if _bf16() else "fp32",
         "threads": torch.get_num_threads(),
+        "torch": torch.__version__,
         **done,
     }
     return model, info
@@ -197,8 +224,8 @@ def polish(model: torch.nn.Module, data: Path, seed: int = 0, log=print) -> dict
     torch.manual_seed(seed + 1)
     g = torch.Generator().manual_seed(seed + 1)
     opt = torch.optim.AdamW(model.parameters(), lr=POLISH_LR, weight_decay=WEIGHT_DECAY)
-    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, math.ceil(TRAIN_IMAGES / BATCH))
-    done = _run_stage("polish", model, [SIZE], opt, sched, g, seed, data, log)
+    cosine = torch.optim.lr_scheduler.CosineAnnealingLR
+    done = _run_stage("polish", model, [SIZE], opt, cosine, g, seed, data, log)
     return {"polish": {"size": SIZE, "epochs": 1, "lr": POLISH_LR},
             "polish_seconds": done["seconds"], "polish_resumes": done["resumes"]}  # fmt: skip
 
@@ -216,7 +243,7 @@ def fashion_teacher(data: Path = FASHION, seed: int = 0, log=print) -> tuple[Pat
     progress file (``_Progress``)."""
     path = teacher_path(seed)
     record = path.with_suffix(".json")
-    info = json.loads(record.read_text()) if path.exists() and record.exists() else None
+    info = _record(path)
     if info is not None and "polish" in info:
         return path, info
     CACHE.mkdir(exist_ok=True)
@@ -237,9 +264,23 @@ def fashion_teacher(data: Path = FASHION, seed: int = 0, log=print) -> tuple[Pat
     return path, info
 
 
+def _record(path: Path) -> dict | None:
+    """The record of the checkpoint at ``path`` (None: none yet). It is kept in the checkpoint,
+    written with its weights in one atomic write; the .json beside it is a copy to read (and
+    the record of a checkpoint written before it held one)."""
+    if not path.exists():
+        return None
+    saved = torch.load(path, weights_only=True, mmap=True)
+    if "record" in saved:
+        return saved["record"]
+    legacy = path.with_suffix(".json")
+    return json.loads(legacy.read_text()) if legacy.exists() else None
+
+
 def _save(model: torch.nn.Module, path: Path, record: Path, info: dict) -> None:
     saved = {"state_dict": model.state_dict(), "arch": "alexnet", "num_classes": 10}
-    write_bytes(path, torch_bytes({**saved, "input_size": SIZE}))  # atomic: never half a file
+    # atomic: never half a file, and never weights without their record
+    write_bytes(path, torch_bytes({**saved, "input_size": SIZE, "record": info}))
     write_text(record, json.dumps(info, indent=1) + "\n")
 
 
