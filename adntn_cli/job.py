@@ -394,12 +394,12 @@ def evaluate(job: CompressJob, run: Run) -> Accuracy:
     cached frozen prefix the prefix runs once per image (or not at all: ``--prefix-cache``)
     and the two heads on its outputs: what the whole models compute."""
     run.callback(Event("eval", 0, 1, message="evaluating the dense and the compressed model"))
-    cached = run.prefix_cache.validation(job.prefix_cache) if run.prefix_cache else None
     a, b, items = run.teacher, run.student, run.datasets.val
-    if cached is not None:
-        cache, (items, how) = run.prefix_cache, cached
-        a, b = cache.teacher_head, cache.head
+    if (cache := run.prefix_cache) is not None:
+        cached, how = cache.validation(job.prefix_cache)
         run.prefix = dataclasses.replace(run.prefix, validation=how)
+        if cached is not None:
+            a, b, items = cache.teacher_head, cache.head, cached
     val = ordered_loader(items, job.recipe.data.batch_size)
     dense, comp, agree = compare(a, b, val, run.device, run.amp)
     return Accuracy(Scores.of(dense), Scores.of(comp), agree, comp["n"])

@@ -60,17 +60,22 @@ class PrefixCache:
     teacher_head: nn.Module | None = None  # the teacher after the cut (feature matching)
     outputs: _Outputs | None = None  # what computes (or stores) the prefix's outputs
 
-    def validation(self, store: Path | None = None) -> tuple[TensorDataset, str] | None:
+    def validation(self, store: Path | None = None) -> tuple[TensorDataset | None, str]:
         """The validation split's ``(prefix output, label)`` items for the final evaluation of
         the teacher's head and the student's, read from or written to ``store``, and what was
-        done; None where that would not measure the teacher: its prefix differs from the
-        student's (BatchNorm recalibrated in it), or the outputs would not fit the budget."""
+        done; None, and why, where the two whole models run instead: the teacher's prefix is
+        not the student's (BatchNorm recalibrated in it), or the outputs would not fit."""
         run = self.outputs
+        whole = "the whole models on the validation images: "
         if run is None or not _same_modules(run.prefix, run.teacher):
-            return None
+            return None, whole + "the student's prefix is not the teacher's"
         per_item = self.train.tensors[0][0].numel() * self.train.tensors[0].element_size()
         if self.decision.bytes + per_item * len(run.data.val) > CACHE_BUDGET:
-            return None
+            return (
+                None,
+                whole
+                + f"their prefix outputs would take the cache over {format_bytes(CACHE_BUDGET)}",
+            )
         t, where = run.val_stored_in(store) if store is not None else (run.val_computed(), "")
         what = f"the validation images' output of {self.decision.cut} computed once" + where
         return TensorDataset(t["h_val"], t["y_val"]), what

@@ -128,14 +128,17 @@ def test_the_validation_split_goes_through_the_teacher_when_its_prefix_is_anothe
         student, teacher, _data(), ["4"], train="replaced", mode="auto", device=CPU,
         precision=MixedPrecision(), batch=8,
     )  # fmt: skip
-    assert decision.used and cache.validation() is None
+    assert decision.used
+    assert cache.validation() == (None, "the whole models on the validation images: the "
+                                  "student's prefix is not the teacher's")  # fmt: skip
 
 
 def test_validation_outputs_over_the_budget_are_not_cached(monkeypatch):
     teacher = _replicating().eval()
     cache, decision = _cache(_student(teacher), teacher, _data())
     monkeypatch.setattr("adntn_cli.prefix.CACHE_BUDGET", decision.bytes + 8 * 4 * 7)
-    assert cache.validation() is None  # 8 images of 8 float32 values: one over
+    items, why = cache.validation()  # 8 images of 8 float32 values: one over
+    assert items is None and "would take the cache over" in why
 
 
 @pytest.mark.parametrize(
