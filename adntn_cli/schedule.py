@@ -183,8 +183,12 @@ def expected_time(
     - each end-to-end step: the teacher's forward where not cached, the frozen prefix forward
       only, the rest of the student forward and backward (3x);
     - the selection passes (each epoch's end and every ``eval_every`` steps) and the final
-      evaluation of the dense and the compressed model on ``val_images``.
+      evaluation of the dense and the compressed model on ``val_images``: on a cached prefix
+      that BatchNorm recalibration leaves the teacher's (none in it), the prefix once per image
+      and both models after it; else both whole models.
     """
+    from torch.nn.modules.batchnorm import _BatchNorm
+
     from .distill import DROPOUT
     from .tn.cost import device_profile
 
@@ -211,11 +215,13 @@ def expected_time(
     per_epoch = max(1, math.ceil(n_train / batch))
     passes = _selection_passes(steps, per_epoch, d.finetune.eval_every)
     head = student - frozen if cached else student
+    norms = any(isinstance(model.get_submodule(n), _BatchNorm) for n, _ in leaves[:first])
+    final = frozen + (total - frozen) + head if cached and not norms else total + student
     parts = {
         "layer-wise": layerwise,
         "prefix cache": frozen * (n_train + n_select) + (total - frozen) * n_train if cached else 0,
         "end-to-end": (per_step + 3 * generate) * steps,
-        "evaluation": passes * head * n_select + (total + student) * (val_images or 0),
+        "evaluation": passes * head * n_select + final * (val_images or 0),
     }
     flops = device_profile(device).flops_per_s
     return TimeEstimate(device, flops, {k: v / flops for k, v in parts.items()}, cached)

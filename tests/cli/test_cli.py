@@ -168,6 +168,16 @@ def test_a_materialised_layer_is_generated_once_a_step():
     assert est.cached_prefix and generate > 0
     expected = 100 * (3 * (total - frozen) * 10 + 3 * generate) / 1e11
     assert est.seconds["end-to-end"] == pytest.approx(expected)
+    # the final evaluation runs the cached prefix once per image, both models after it; with
+    # a BatchNorm in the prefix (recalibrated: not the teacher's) both whole models run
+    normed = torch.nn.Sequential(net[0], torch.nn.BatchNorm2d(4), *net[1:]).to("meta")
+    rec = parse_recipe({"version": 1, "model": {"arch": "x", "num_classes": 5, "input_size": 2},
+                        "layers": [{"select": "3", "structure": "ttn", "bond_dim": 2}],
+                        "data": {"batch_size": 10}})  # fmt: skip
+    both = expected_time(normed, plan(normed, rec).layers, rec, sched, val_images=50)
+    assert both.seconds["evaluation"] - est.seconds["evaluation"] == pytest.approx(
+        50 * frozen / 1e11
+    )
 
 
 def test_plan_says_when_it_cannot_estimate_the_time(tmp_path):
