@@ -59,7 +59,9 @@ def test_adntn2_stores_every_generators_resolved_spec_and_round_trips(tmp_path):
         "classifier.0", "classifier.3", "classifier.6", "features.0", "features.4", "features.8"
     ]  # fmt: skip
     entry = layers["classifier.0"]["generator"]
-    assert entry["factors"] and isinstance(entry["bond_dim"], int)  # the ratio search resolved
+    bonds = entry["bond_dim"]  # the ratio search resolved: one bond, or one per level (filled)
+    bonds = bonds if isinstance(bonds, list) else [bonds]
+    assert entry["factors"] and bonds and all(isinstance(b, int) for b in bonds)
     assert entry["activation"] == "tanh"
     assert layers["features.0"]["generator"]["options"]["disentangler"] == "full"
     x = torch.randn(2, 3, 32, 32)
