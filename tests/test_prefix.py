@@ -73,7 +73,9 @@ def test_the_cut_goes_before_a_pool_that_replicates_and_the_head_matches_the_stu
     assert decision.bytes == sum(v.numel() * v.element_size() for v in held)
 
 
-def test_a_prefix_whose_batchnorm_was_recalibrated_gets_the_teachers_own_logits():
+def _recalibrated(data: Datasets):
+    """A teacher with a BatchNorm before the replaced layer "4", a student whose copy of it was
+    recalibrated (as recalibrate_batchnorm leaves it: not the teacher's), and its cache."""
     torch.manual_seed(0)
     teacher = nn.Sequential(
         nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.ReLU(), nn.Flatten(), nn.Linear(400, 32),
@@ -81,14 +83,19 @@ def test_a_prefix_whose_batchnorm_was_recalibrated_gets_the_teachers_own_logits(
     ).eval()  # fmt: skip
     student = copy.deepcopy(teacher)
     student[4] = GeneratedLinear.from_module(teacher[4], StructureSpec("ttn", bond_dim=3))
-    student[1].running_mean += 1.0  # as recalibrate_batchnorm leaves it: not the teacher's
+    student[1].running_mean += 1.0
     student.requires_grad_(False)
-    data = _data()
     cache, decision = cache_frozen_prefix(
         student, teacher, data, ["4"], train="replaced", mode="auto", device=CPU,
         precision=MixedPrecision(), batch=8,
     )  # fmt: skip
     assert decision.used
+    return teacher, student, cache
+
+
+def test_a_prefix_whose_batchnorm_was_recalibrated_gets_the_teachers_own_logits():
+    data = _data()
+    teacher, student, cache = _recalibrated(data)
     x = data.train[:][0]
     with torch.no_grad():
         torch.testing.assert_close(cache.train[:][2], teacher(x))
@@ -115,20 +122,7 @@ def test_the_validation_split_is_read_once_and_both_heads_compute_the_whole_mode
 
 
 def test_the_validation_split_goes_through_the_teacher_when_its_prefix_is_another():
-    torch.manual_seed(0)
-    teacher = nn.Sequential(
-        nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.ReLU(), nn.Flatten(), nn.Linear(400, 32),
-        nn.ReLU(), nn.Linear(32, 10),
-    ).eval()  # fmt: skip
-    student = copy.deepcopy(teacher)
-    student[4] = GeneratedLinear.from_module(teacher[4], StructureSpec("ttn", bond_dim=3))
-    student[1].running_mean += 1.0  # recalibrated: the dense model is not the teacher's head
-    student.requires_grad_(False)
-    cache, decision = cache_frozen_prefix(
-        student, teacher, _data(), ["4"], train="replaced", mode="auto", device=CPU,
-        precision=MixedPrecision(), batch=8,
-    )  # fmt: skip
-    assert decision.used
+    _, _, cache = _recalibrated(_data())  # the dense model is not the teacher's head
     assert cache.validation() == (None, "the whole models on the validation images: the "
                                   "student's prefix is not the teacher's")  # fmt: skip
 
