@@ -65,17 +65,13 @@ class PrefixCache:
         the teacher's head and the student's, read from or written to ``store``, and what was
         done; None, and why, where the two whole models run instead: the teacher's prefix is
         not the student's (BatchNorm recalibrated in it), or the outputs would not fit."""
-        run = self.outputs
-        whole = "the whole models on the validation images: "
+        run, whole = self.outputs, "the whole models on the validation images: "
         if run is None or not _same_modules(run.prefix, run.teacher):
             return None, whole + "the student's prefix is not the teacher's"
         per_item = self.train.tensors[0][0].numel() * self.train.tensors[0].element_size()
         if self.decision.bytes + per_item * len(run.data.val) > CACHE_BUDGET:
-            return (
-                None,
-                whole
-                + f"their prefix outputs would take the cache over {format_bytes(CACHE_BUDGET)}",
-            )
+            over = f"their prefix outputs would take the cache over {format_bytes(CACHE_BUDGET)}"
+            return None, whole + over
         t, where = run.val_stored_in(store) if store is not None else (run.val_computed(), "")
         what = f"the validation images' output of {self.decision.cut} computed once" + where
         return TensorDataset(t["h_val"], t["y_val"]), what

@@ -216,7 +216,7 @@ def expected_time(
     passes = _selection_passes(steps, per_epoch, d.finetune.eval_every)
     head = student - frozen if cached else student
     norms = any(isinstance(model.get_submodule(n), _BatchNorm) for n, _ in leaves[:first])
-    final = frozen + (total - frozen) + head if cached and not norms else total + student
+    final = total + head if cached and not norms else total + student  # teacher + student
     parts = {
         "layer-wise": layerwise,
         "prefix cache": frozen * (n_train + n_select) + (total - frozen) * n_train if cached else 0,
