@@ -69,3 +69,28 @@ def test_every_tuning_variant_is_a_valid_recipe_with_its_one_setting(variant):
             assert list(got) == value if isinstance(value, list) else got == value
     else:
         assert where == keys and parsed.distill.train == keys
+
+
+def _row(structure: str, seed: int, top1: float) -> dict:
+    return {
+        "teacher": "alexnet", "unit": "fc", "budget": 20000, "structure": structure,
+        "seed": seed, "status": "done", "top1": top1, "dense_top1": 0.9, "agreement": 0.9,
+        "sqnr_db": {"a": 0.0}, "replaced_ratio": 2e4, "layers": [{"ratio": 2e4, "tn_params": 9,
+        "bond_dim": 2}], "model_ratio": 20.0, "seconds": 1.0, "val_images": 10000,
+    }  # fmt: skip
+
+
+def test_a_comparison_on_one_seed_says_its_spread_is_not_measured():
+    import tables
+
+    one = tables.summarise([_row("ttn", 0, 0.90), _row("tt", 0, 0.89)])
+    assert tables.compare(one, "alexnet", "fc", 20000).endswith(
+        "**ADNTN better on one seed (spread not measured)**"
+    )
+    three = [_row(s, k, t + d) for s, t in (("ttn", 0.90), ("tt", 0.89))
+             for k, d in enumerate((0.0, 0.001, -0.001))]  # fmt: skip
+    assert tables.compare(tables.summarise(three), "alexnet", "fc", 20000).endswith(
+        "spread 0.10: **ADNTN better**"
+    )
+    wide = [*three, _row("tt", 3, 0.95)]  # a seed far off: the gap is inside the spread
+    assert tables.compare(tables.summarise(wide), "alexnet", "fc", 20000).endswith("**tie**")

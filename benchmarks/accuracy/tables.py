@@ -64,7 +64,8 @@ def _pct(x: float) -> str:
 def compare(
     summary: dict, teacher: str, unit: str, budget: int, variants: bool = False
 ) -> str | None:
-    """'ADNTN wins / ties / loses' at one budget, a tie being a gap inside the larger spread."""
+    """'ADNTN wins / ties / loses' at one budget, a tie being a gap inside the larger spread
+    (said to rest on one seed where either side has only one)."""
 
     def best(names):
         done = [(summary[k]["top1"], k[3], summary[k]["spread"]) for k in
@@ -84,6 +85,9 @@ def compare(
     one_image = 1 / summary[(teacher, unit, budget, a[1])]["val_images"]
     margin = max(spread, one_image)  # a single image is the resolution of the split
     verdict = "tie" if abs(gap) <= margin else ("ADNTN better" if gap > 0 else "baseline better")
+    seeds = min(summary[(teacher, unit, budget, name)]["seeds"] for name in (a[1], b[1]))
+    if seeds < 2:  # one run has no spread: the verdict is one image's resolution, not the seeds'
+        verdict += " on one seed (spread not measured)"
     return (
         f"{a[1]} {_pct(a[0])} vs {b[1]} {_pct(b[0])}: {100 * gap:+.2f} points, "
         f"spread {100 * spread:.2f}: **{verdict}**"
