@@ -87,6 +87,8 @@ def test_a_comparison_on_one_seed_says_its_spread_is_not_measured():
     assert tables.compare(one, "alexnet", "fc", 20000).endswith(
         "**ADNTN better on one seed (spread not measured)**"
     )
+    one_image = tables.summarise([_row("ttn", 0, 0.9107), _row("tt", 0, 0.9108)])
+    assert "**tie on one seed" in tables.compare(one_image, "alexnet", "fc", 20000)
     three = [_row(s, k, t + d) for s, t in (("ttn", 0.90), ("tt", 0.89))
              for k, d in enumerate((0.0, 0.001, -0.001))]  # fmt: skip
     assert tables.compare(tables.summarise(three), "alexnet", "fc", 20000).endswith(

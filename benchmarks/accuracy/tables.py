@@ -84,7 +84,8 @@ def compare(
     spread = max(a[2], b[2])
     one_image = 1 / summary[(teacher, unit, budget, a[1])]["val_images"]
     margin = max(spread, one_image)  # a single image is the resolution of the split
-    verdict = "tie" if abs(gap) <= margin else ("ADNTN better" if gap > 0 else "baseline better")
+    tie = abs(gap) <= margin + 1e-9  # one image's gap is a tie, whatever the float rounding
+    verdict = "tie" if tie else ("ADNTN better" if gap > 0 else "baseline better")
     seeds = min(summary[(teacher, unit, budget, name)]["seeds"] for name in (a[1], b[1]))
     if seeds < 2:  # one run has no spread: the verdict is one image's resolution, not the seeds'
         verdict += " on one seed (spread not measured)"
