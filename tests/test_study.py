@@ -96,3 +96,17 @@ def test_a_comparison_on_one_seed_says_its_spread_is_not_measured():
     )
     wide = [*three, _row("tt", 3, 0.95)]  # a seed far off: the gap is inside the spread
     assert tables.compare(tables.summarise(wide), "alexnet", "fc", 20000).endswith("**tie**")
+
+
+def test_an_unreachable_row_names_the_layer_and_the_ratio_it_reaches():
+    import tables
+
+    reason = (
+        "/tmp/c.yaml: layers[1] (classifier.4): augttn cannot reach 20000x on 4096x4096: its "
+        "smallest generator has 1340 parameters, the budget is 839; target_ratio can be at most "
+        "12,520 here"
+    )
+    assert tables._unreachable({"reason": reason}) == (
+        "unreachable (classifier.4: at most 12,520x)"
+    )
+    assert tables._unreachable({"reason": "out of memory"}) == "unreachable"

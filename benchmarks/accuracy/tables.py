@@ -4,6 +4,7 @@ issue's targets."""
 
 from __future__ import annotations
 
+import re
 import statistics
 from collections import defaultdict
 from pathlib import Path
@@ -55,6 +56,13 @@ def summarise(rows: list[dict]) -> dict[tuple, dict]:
             "val_images": rs[0]["val_images"],
         }
     return out
+
+
+def _unreachable(v: dict) -> str:
+    """'unreachable', with the layer that is and the largest ratio it reaches where the reason
+    names them (the first layer that cannot reach the budget: another may reach less)."""
+    most = re.search(r"\(([\w.]+)\):.* can be at most ([\d,]+)", v["reason"])
+    return f"unreachable ({most[1]}: at most {most[2]}x)" if most else "unreachable"
 
 
 def _pct(x: float) -> str:
@@ -162,7 +170,7 @@ def write_markdown(doc: dict, path: Path) -> None:
                 if v is None:
                     continue
                 if v["status"] == "unreachable":
-                    lines.append(f"| {budget:,}x | {s} | | | unreachable | | | | | | |")
+                    lines.append(f"| {budget:,}x | {s} | | | {_unreachable(v)} | | | | | | |")
                     continue
                 lines.append(
                     f"| {budget:,}x | {s} | {v['bond_dim']} | {v['tn_params']:,} | "
