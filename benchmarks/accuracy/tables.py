@@ -129,9 +129,18 @@ def write_markdown(doc: dict, path: Path) -> None:
     ]
     for name, t in doc.get("teachers", {}).items():
         epochs = t.get("epochs") or " + ".join(f"{e} at {px}px" for px, e in t["phases"])
+        training = f"{epochs} epochs, {t['seconds']:.0f} s"
+        if t.get("polish"):  # the Fashion teacher's last epoch at a lower learning rate
+            p = t["polish"]
+            training += f"; a polish of {p['epochs']} at {p['size']}px (lr {p['lr']:g})"
+            if "polish_seconds" in t:  # records from before the polish was timed lack these
+                training += f", {t['polish_seconds']:.0f} s"
+            if "top1_before_polish" in t:
+                training += f"; {_pct(t['top1_before_polish'])}% before the polish"
+            if "precision" in t:
+                training += f"; {t['precision']}"
         lines.append(
-            f"| {name} | {t['input_size']}x{t['input_size']} | {_pct(t['top1'])}% | "
-            f"{epochs} epochs, {t['seconds']:.0f} s |"
+            f"| {name} | {t['input_size']}x{t['input_size']} | {_pct(t['top1'])}% | {training} |"
         )
     if doc.get("flags"):
         lines += ["", f"Every cell ran `adntn compress` with `{doc['flags']}`."]
