@@ -289,6 +289,8 @@ def _measured(report) -> dict:
         "agreement": acc.agreement,
         "selection": report.selection,
         "layerwise_rel_error": {n: v["final"] for n, v in report.layerwise.items()},
+        # the error before the fit, and which start was kept (with ``layerwise.start: svd``)
+        "layerwise": report.layerwise,
         "layers": [
             {k: r[k] for k in ("layer", "legs", "bond_dim", "dense_params", "tn_params", "ratio")}
             for r in report.layers
