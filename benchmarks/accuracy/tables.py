@@ -59,8 +59,8 @@ def summarise(rows: list[dict]) -> dict[tuple, dict]:
 
 
 def _unreachable(v: dict) -> str:
-    """'unreachable', with the layer that is and the largest ratio it reaches where the reason
-    names them (the first layer that cannot reach the budget: another may reach less)."""
+    """'unreachable', naming the first layer that cannot reach the budget and the largest ratio
+    it can, where the reason says them (another layer may reach less)."""
     most = re.search(r"\(([\w.]+)\):.* can be at most ([\d,]+)", v["reason"])
     return f"unreachable ({most[1]}: at most {most[2]}x)" if most else "unreachable"
 
