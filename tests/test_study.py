@@ -15,6 +15,7 @@ from adntn_cli.models import build_model
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks" / "accuracy"))
 import cells
+import study
 
 
 @pytest.mark.slow
@@ -69,6 +70,31 @@ def test_every_tuning_variant_is_a_valid_recipe_with_its_one_setting(variant):
             assert list(got) == value if isinstance(value, list) else got == value
     else:
         assert where == keys and parsed.distill.train == keys
+
+
+def test_a_structure_try_sets_its_option_on_every_rule_and_only_for_its_structures():
+    from adntn_cli.recipe import parse_recipe
+
+    recipe = cells.cell_recipe(cells.Cell("alexnet", "fc", 20000, "ttn", 0, "mixing"), None)
+    assert "distill" not in recipe  # a structure option, not a distill: setting
+    parsed = parse_recipe(recipe)
+    assert [r.options for r in parsed.layers] == [{"mixing": "siblings"}] * 2
+    both = cells.cell_recipe(cells.Cell("alexnet", "fc", 20000, "ttn", 0, "mixing+lr-3e-3"), None)
+    assert both["distill"] == {"finetune": {"lr": 3e-3}} and both["layers"] == recipe["layers"]
+    assert cells.applies("mixing", "augttn") and not cells.applies("mixing+kd-1", "tt")
+    assert cells.applies("kd-1", "tt") and cells.applies("", "lowrank")
+    with pytest.raises(ValueError, match="'mixing' is for ttn, augttn, not tt"):
+        cells.cell_recipe(cells.Cell("alexnet", "fc", 20000, "tt", 0, "mixing"), None)
+
+
+def test_the_study_runs_a_structure_try_on_its_structures_only_and_refuses_unknown_tries():
+    args = study._args(["--grid", "fashion", "--variant", "mixing", "--out", "x.json"])
+    todo, _ = study._todo(args, [])
+    assert todo and {c.structure for c in todo} == {"ttn", "augttn"}
+    assert all(c.variant == "mixing" for c in todo)
+    with pytest.raises(SystemExit) as err:
+        study._args(["--grid", "fashion", "--variant", "mixng"])
+    assert err.value.code == 2
 
 
 def _row(structure: str, seed: int, top1: float) -> dict:

@@ -87,11 +87,31 @@ WHOLE_MODEL_SCHEDULE = Schedule(
 )
 
 
+# Tries of a structure's own options (the layer rule's ``options:``), by the structures that
+# have them: the paper's lateral mixing tensors, for the trees.
+STRUCTURE_TRIES: dict[str, dict[str, dict]] = {
+    "mixing": {s: {"mixing": "siblings"} for s in ("ttn", "augttn")},
+}
+
+
+def applies(variant: str, structure: str) -> bool:
+    """Whether every structure try in ``variant`` (tries joined by +) has ``structure``."""
+    return all(structure in STRUCTURE_TRIES.get(v, (structure,)) for v in variant.split("+"))
+
+
 def layer_recipe(cell: Cell, names: list[str]) -> dict:
     rules = [{"select": n, "structure": cell.structure, "target_ratio": cell.budget} for n in names]
     if cell.variant in ("linear", "long-linear") and cell.structure in ("ttn", "augttn", "mera"):
         for rule in rules:
             rule["activation"] = "identity"
+    for v in cell.variant.split("+"):
+        if v not in STRUCTURE_TRIES:
+            continue
+        if not applies(v, cell.structure):
+            has = ", ".join(STRUCTURE_TRIES[v])
+            raise ValueError(f"try {v!r} is for {has}, not {cell.structure}")
+        for rule in rules:
+            rule["options"] = dict(STRUCTURE_TRIES[v][cell.structure])
     return {"version": 1, "layers": rules, "limits": {"memory_gb": MEMORY_GB}}
 
 

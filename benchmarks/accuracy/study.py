@@ -8,7 +8,9 @@
 
 The ``fashion`` grid needs the Debian package ``dataset-fashion-mnist``; its teacher is trained
 and cached by fashion_teacher.py. Its cells are ``adntn compress`` with a recipe that has no
-``distill:`` section (adntn's defaults; a ``--variant`` from cells.TUNING adds one setting),
+``distill:`` section (adntn's defaults; a ``--variant`` from cells.TUNING adds one setting, one
+from cells.STRUCTURE_TRIES a structure option to the layer rules, and runs only the structures
+that have it),
 ``--precision bf16`` (fp32 on a CPU that would emulate bf16: ``_precision``) and
 ``--prefix-cache`` (benchmarks/accuracy/.cache/prefix: the conv prefix of the 60,000 training
 images is computed once for the whole grid), evaluated on all 10,000 test images; results go to
@@ -40,11 +42,13 @@ sys.path.insert(0, str(Path(__file__).parent))
 from cells import (
     GRID,
     SIZES,
+    STRUCTURE_TRIES,
     TUNING,
     WHOLE_MODEL_SCHEDULE,
     Cell,
     Runner,
     Schedule,
+    applies,
     run_cell,
     schedule_for,
 )
@@ -128,12 +132,17 @@ def _args(argv: list[str] | None) -> argparse.Namespace:
         "--variant",
         default="",
         help="run the grid's cells with a variant: long, linear, long-linear (cells.schedule_for)"
-        f" or, for the fashion grid, one of {', '.join(TUNING)} (joined by +)",
+        f" or, for the fashion grid, one of {', '.join([*TUNING, *STRUCTURE_TRIES])} (joined by +)",
     )
     ap.add_argument("--data", type=Path, default=FASHION, help="the Fashion-MNIST IDX folder")
     ap.add_argument("--out", type=Path, default=None)
     ap.add_argument("--tables", action="store_true", help="only rewrite the Markdown and plot")
     args = ap.parse_args(argv)
+    fashion = args.grid == "fashion"
+    valid = [*TUNING, *STRUCTURE_TRIES] if fashion else ["long", "linear", "long-linear"]
+    unknown = [v for v in args.variant.split("+" if fashion else " ") if v and v not in valid]
+    if unknown:
+        ap.error(f"unknown --variant {unknown[0]!r} (grid {args.grid}); valid: {', '.join(valid)}")
     if args.out is None:
         name = "accuracy-fashion.json" if args.grid == "fashion" else "accuracy.json"
         args.out = RESULTS / name
@@ -193,6 +202,7 @@ def _todo(args, rows: list[dict]) -> tuple[list[Cell], set[str]]:
     cells = [replace(c, variant=args.variant) for c in grid(args.grid)]
     todo = [c for k, c in enumerate(cells) if k % n == i - 1]
     todo = [c for c in todo if c.key not in done and args.only in c.key]
+    todo = [c for c in todo if applies(c.variant, c.structure)]  # a try's structures only
     # an unreachable budget needs one row, not one per seed
     unreachable = {_group(r) for r in rows if r["status"] == "unreachable"}
     return [c for c in todo if c.group not in unreachable], unreachable
