@@ -97,6 +97,14 @@ def test_the_study_runs_a_structure_try_on_its_structures_only_and_refuses_unkno
     assert err.value.code == 2
 
 
+def test_the_study_refuses_a_results_file_measured_against_another_teacher(tmp_path):
+    recorded = {"top1": 0.9126, "top5": 0.9989, "loss": 0.2775, "seconds": 7506.6}
+    study._same_teacher(tmp_path / "r.json", recorded, {**recorded, "seconds": 7000.0})
+    study._same_teacher(tmp_path / "r.json", None, recorded)  # a new file: any teacher
+    with pytest.raises(SystemExit, match=r"top-1 0\.9100.*r\.json was measured against"):
+        study._same_teacher(tmp_path / "r.json", recorded, {**recorded, "top1": 0.91})
+
+
 def _row(structure: str, seed: int, top1: float) -> dict:
     return {
         "teacher": "alexnet", "unit": "fc", "budget": 20000, "structure": structure,

@@ -179,8 +179,25 @@ def _teacher_for(args, cell: Cell, meta: dict) -> Path:
         path, info = fashion_teacher(args.data)
     else:
         path, info = teacher_file(cell.teacher, size, torch.device(args.device))
+    _same_teacher(args.out, meta["teachers"].get(cell.teacher), info)
     meta["teachers"][cell.teacher] = {**info, "input_size": size}
     return path
+
+
+SAME = ("top1", "top5", "loss")  # what a retrained teacher must reproduce to share a results file
+
+
+def _same_teacher(out: Path, recorded: dict | None, info: dict) -> None:
+    """Refuse to add cells to ``out`` when its rows were measured against another teacher (a
+    retrained one that came out different): their numbers would not compare."""
+    if not recorded or not all(k in recorded and k in info for k in SAME):
+        return
+    if any(recorded[k] != info[k] for k in SAME):
+        raise SystemExit(
+            f"error: the cached teacher (top-1 {info['top1']:.4f}, test loss {info['loss']:.6f})"
+            f" is not the one {out} was measured against (top-1 {recorded['top1']:.4f}, test "
+            f"loss {recorded['loss']:.6f}); write to another --out, or restore that teacher"
+        )
 
 
 def _precision(args) -> str:
