@@ -95,3 +95,15 @@ def test_the_checkpoint_holds_its_record_and_an_older_one_is_read_from_its_json(
     assert ft._record(path) is None
     path.with_suffix(".json").write_text('{"top1": 0.25}')
     assert ft._record(path) == {"top1": 0.25}
+
+
+def test_a_teacher_trained_on_a_gpu_is_cached_and_resumed_apart_from_the_cpus(monkeypatch):
+    assert ft.teacher_path(0).name == "alexnet-fashion-224-s0.pt"  # the CPU's, as before
+    assert ft.teacher_path(0, "cuda").name == "alexnet-fashion-224-s0-cuda.pt"
+    progress = ft._progress_path(0, "main", "cuda").name
+    assert progress == "alexnet-fashion-224-s0-cuda.main.progress.pt"
+    monkeypatch.setattr(ft, "_bf16", lambda device: device.type == "cuda")
+    cpu = ft._settings("main", 0, torch.device("cpu"))
+    assert "device" not in cpu  # a CPU's progress saved before devices were recorded resumes
+    cuda = ft._settings("main", 0, torch.device("cuda"))
+    assert cuda == {**cpu, "device": "cuda", "precision": "bf16"}

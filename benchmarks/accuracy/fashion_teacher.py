@@ -63,28 +63,34 @@ POLISH_LR = 3e-4  # then one more epoch at 224x224, cosine from this to 0 (89.2%
 SAVE_EVERY = 300  # seconds between progress saves (a stopped run resumes from the last)
 
 
-def _bf16() -> bool:
-    """Train in bf16 autocast where the CPU has it natively (an unknown CPU: as before, bf16)."""
+def _bf16(device: torch.device) -> bool:
+    """Train in bf16 autocast where the device has it natively (an unknown CPU: as before,
+    bf16)."""
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported()
     return cpu_has_native_bf16() is not False
 
 
-def teacher_path(seed: int = 0) -> Path:
-    return CACHE / f"alexnet-fashion-{SIZE}-s{seed}.pt"
+def teacher_path(seed: int = 0, device: torch.device | str = "cpu") -> Path:
+    """The checkpoint's file: a teacher trained on a GPU is another teacher (other arithmetic),
+    so it has its own (``...-cuda.pt``)."""
+    kind = torch.device(device).type
+    return CACHE / f"alexnet-fashion-{SIZE}-s{seed}{'' if kind == 'cpu' else '-' + kind}.pt"
 
 
-def _progress_path(seed: int, stage: str) -> Path:
-    return CACHE / f"{teacher_path(seed).stem}.{stage}.progress.pt"
+def _progress_path(seed: int, stage: str, device: torch.device | str = "cpu") -> Path:
+    return CACHE / f"{teacher_path(seed, device).stem}.{stage}.progress.pt"
 
 
 def _augmented_batch(images: torch.Tensor, size: int, g: torch.Generator) -> torch.Tensor:
     """uint8 (B, 1, 28, 28) -> shifted, flipped, upsampled, normalised float (B, 3, S, S)."""
     b = images.shape[0]
     padded = F.pad(images.float(), (2, 2, 2, 2))  # (B, 1, 32, 32)
-    dx, dy = torch.randint(0, 5, (2, b), generator=g)
+    dx, dy = torch.randint(0, 5, (2, b), generator=g).tolist()  # drawn on the CPU generator
     shifted = torch.stack(
         [padded[i, :, dy[i] : dy[i] + 28, dx[i] : dx[i] + 28] for i in range(b)]
     )  # (B, 1, 28, 28)
-    flip = torch.rand(b, generator=g) < 0.5
+    flip = (torch.rand(b, generator=g) < 0.5).to(images.device)
     shifted[flip] = shifted[flip].flip(-1)
     up = F.interpolate(shifted, size=(size, size), mode="bilinear", align_corners=False)
     p = DEFAULTS["fashion-mnist"]
@@ -124,10 +130,12 @@ class _Progress:
         return self.stop or time.time() - self.saved_at > SAVE_EVERY
 
 
-def _settings(stage: str, seed: int) -> dict:
+def _settings(stage: str, seed: int, device: torch.device) -> dict:
     """What a stage's steps depend on: a progress file saved under other settings is not resumed."""
     common = {"batch": BATCH, "weight_decay": WEIGHT_DECAY, "label_smoothing": SMOOTHING,
-              "seed": seed, "precision": "bf16" if _bf16() else "fp32"}  # fmt: skip
+              "seed": seed, "precision": "bf16" if _bf16(device) else "fp32"}  # fmt: skip
+    if device.type != "cpu":  # a CPU's progress files from before devices were recorded resume
+        common["device"] = device.type
     if stage == "main":
         return {**common, "phases": [list(p) for p in PHASES], "lr": LR}
     return {**common, "size": SIZE, "lr": POLISH_LR}
@@ -135,24 +143,27 @@ def _settings(stage: str, seed: int) -> dict:
 
 def _run_stage(
     stage: str, model: torch.nn.Module, sizes: list[int], opt, schedule, g: torch.Generator,
-    seed: int, data: Path, log,
+    seed: int, data: Path, log, device: torch.device,
 ) -> dict:  # fmt: skip
-    """Train ``model`` one epoch per entry of ``sizes`` (its input size), with the scheduler
-    ``schedule(opt, total_steps)``, resuming where a stopped run of this ``stage`` saved (the
-    last save is at its last step); returns ``{"seconds", "resumes", "train_images"}``."""
+    """Train ``model`` (on ``device``) one epoch per entry of ``sizes`` (its input size), with
+    the scheduler ``schedule(opt, total_steps)``, resuming where a stopped run of this ``stage``
+    saved (the last save is at its last step); returns ``{"seconds", "resumes",
+    "train_images"}``. The data order and augmentation are drawn on the CPU generator ``g``."""
     images = IdxImages("fashion-mnist", data, "train", transform=None)
-    x_all, y_all = images.images, images.labels  # (60000, 1, 28, 28) uint8, (60000,)
+    x_all, y_all = images.images.to(device), images.labels.to(device)  # (60000, 1, 28, 28) u8
     per_epoch = math.ceil(len(y_all) / BATCH)
     total = per_epoch * len(sizes)
     sched = schedule(opt, total)
-    progress = _Progress(_progress_path(seed, stage), stage, _settings(stage, seed))
+    progress = _Progress(_progress_path(seed, stage, device), stage, _settings(stage, seed, device))
     at, perm, spent, resumes = 0, None, 0.0, 0
     if (saved := progress.load(log)) is not None:
-        model.load_state_dict(saved["model"])
+        model.load_state_dict(saved["model"])  # onto the model's device
         opt.load_state_dict(saved["opt"])
         sched.load_state_dict(saved["sched"])
         g.set_state(saved["g"])
         torch.set_rng_state(saved["rng"])
+        if device.type == "cuda":  # dropout there draws from the device's generator
+            torch.cuda.set_rng_state(saved["cuda_rng"], device)
         at, perm, spent = saved["at"], saved["perm"], saved["seconds"]
         resumes = saved["resumes"] + 1
         log(f"{stage}: resumed at step {at}/{total} ({progress.path})")
@@ -164,9 +175,9 @@ def _run_stage(
             epoch, k = divmod(step, per_epoch)
             if k == 0:  # an epoch's order is drawn at its start (and saved with it)
                 perm = torch.randperm(len(y_all), generator=g)
-            idx = perm[k * BATCH : (k + 1) * BATCH]
+            idx = perm[k * BATCH : (k + 1) * BATCH].to(device)
             x = _augmented_batch(x_all[idx], sizes[epoch], g)
-            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=_bf16()):
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=_bf16(device)):
                 logits = model(x)
             loss = F.cross_entropy(logits.float(), y_all[idx], label_smoothing=SMOOTHING)
             opt.zero_grad(set_to_none=True)
@@ -178,9 +189,12 @@ def _run_stage(
                 log(f"{stage} step {step + 1}/{total} at {sizes[epoch]}px: "
                     f"loss {float(loss.detach()):.4f}, {seconds:.0f} s")  # fmt: skip
             if progress.due() or step + 1 == total:  # a stop in the test that follows: done
+                cuda = (
+                    {"cuda_rng": torch.cuda.get_rng_state(device)} if device.type == "cuda" else {}
+                )
                 progress.save(model=model.state_dict(), opt=opt.state_dict(),
                               sched=sched.state_dict(), g=g.get_state(), at=step + 1,
-                              perm=perm, seconds=seconds, resumes=resumes)  # fmt: skip
+                              perm=perm, seconds=seconds, resumes=resumes, **cuda)  # fmt: skip
                 if progress.stop and step + 1 < total:
                     raise SystemExit(f"{stage}: stopped at step {step + 1}/{total}, saved")
     finally:
@@ -190,18 +204,21 @@ def _run_stage(
     return {"seconds": seconds, "resumes": resumes, "train_images": len(y_all)}
 
 
-def train(data: Path, seed: int = 0, log=print) -> tuple[torch.nn.Module, dict]:
-    """The main schedule: ``PHASES``, one-cycle over all of it."""
+def train(
+    data: Path, seed: int = 0, log=print, device: torch.device | str = "cpu"
+) -> tuple[torch.nn.Module, dict]:
+    """The main schedule: ``PHASES``, one-cycle over all of it, on ``device``."""
+    device = torch.device(device)
     torch.manual_seed(seed)
     g = torch.Generator().manual_seed(seed)
-    model = build_model("alexnet", 10)
+    model = build_model("alexnet", 10).to(device)
     sizes = [size for size, epochs in PHASES for _ in range(epochs)]
     opt = torch.optim.AdamW(model.parameters(), lr=LR, weight_decay=WEIGHT_DECAY)
 
     def one_cycle(opt, total):
         return torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=LR, total_steps=total)
 
-    done = _run_stage("main", model, sizes, opt, one_cycle, g, seed, data, log)
+    done = _run_stage("main", model, sizes, opt, one_cycle, g, seed, data, log, device)
     info = {
         "phases": [list(p) for p in PHASES],
         "batch": BATCH,
@@ -209,7 +226,8 @@ def train(data: Path, seed: int = 0, log=print) -> tuple[torch.nn.Module, dict]:
         "weight_decay": WEIGHT_DECAY,
         "label_smoothing": SMOOTHING,
         "seed": seed,
-        "precision": "bf16" if _bf16() else "fp32",
+        "precision": "bf16" if _bf16(device) else "fp32",
+        **({"device": torch.cuda.get_device_name(device)} if device.type == "cuda" else {}),
         "threads": torch.get_num_threads(),
         "torch": torch.__version__,
         **done,
@@ -225,42 +243,47 @@ def polish(model: torch.nn.Module, data: Path, seed: int = 0, log=print) -> dict
     g = torch.Generator().manual_seed(seed + 1)
     opt = torch.optim.AdamW(model.parameters(), lr=POLISH_LR, weight_decay=WEIGHT_DECAY)
     cosine = torch.optim.lr_scheduler.CosineAnnealingLR
-    done = _run_stage("polish", model, [SIZE], opt, cosine, g, seed, data, log)
+    device = next(model.parameters()).device
+    done = _run_stage("polish", model, [SIZE], opt, cosine, g, seed, data, log, device)
     return {"polish": {"size": SIZE, "epochs": 1, "lr": POLISH_LR},
             "polish_seconds": done["seconds"], "polish_resumes": done["resumes"]}  # fmt: skip
 
 
 def test_accuracy(model: torch.nn.Module, data: Path) -> dict:
-    """Top-1/top-5 on the official test split through adntn's own source and evaluation."""
+    """Top-1/top-5 on the official test split through adntn's own source and evaluation
+    (float32, on the model's device)."""
     val = make_datasets(f"fashion-mnist:{data}", SIZE, 10, train=False).val
-    return accuracy(model, DataLoader(val, 256))
+    return accuracy(model, DataLoader(val, 256), next(model.parameters()).device)
 
 
-def fashion_teacher(data: Path = FASHION, seed: int = 0, log=print) -> tuple[Path, dict]:
-    """The trained teacher's file (trained and cached when missing) and its record: the main
-    schedule, then ``polish``. The main schedule's checkpoint is written before the polish, so
-    a run stopped there polishes it, not retrains it; a stage stopped midway resumes from its
-    progress file (``_Progress``)."""
-    path = teacher_path(seed)
+def fashion_teacher(
+    data: Path = FASHION, seed: int = 0, log=print, device: torch.device | str = "cpu"
+) -> tuple[Path, dict]:
+    """The trained teacher's file (trained on ``device`` and cached when missing) and its
+    record: the main schedule, then ``polish``. The main schedule's checkpoint is written
+    before the polish, so a run stopped there polishes it, not retrains it; a stage stopped
+    midway resumes from its progress file (``_Progress``)."""
+    path = teacher_path(seed, device)
     record = path.with_suffix(".json")
     info = _record(path)
     if info is not None and "polish" in info:
         return path, info
     CACHE.mkdir(exist_ok=True)
     if info is None:  # the main schedule, then its checkpoint: a stopped polish starts there
-        model, info = train(data, seed, log)
+        model, info = train(data, seed, log, device)
         info["top1"] = test_accuracy(model, data)["top1"]
         _save(model, path, record, info)
-        _progress_path(seed, "main").unlink(missing_ok=True)
+        _progress_path(seed, "main", device).unlink(missing_ok=True)
     model = build_model("alexnet", 10)
     model.load_state_dict(torch.load(path, weights_only=True)["state_dict"])
+    model.to(device)
     info["top1_before_polish"] = info.pop("top1")
     info.update(polish(model, data, seed, log))
     acc = test_accuracy(model, data)
     info.update(top1=acc["top1"], top5=acc["top5"], loss=acc["loss"], test_images=acc["n"])
     log(f"teacher alexnet@{SIZE} on Fashion-MNIST: test top-1 {acc['top1']:.4f}")
     _save(model, path, record, info)
-    _progress_path(seed, "polish").unlink(missing_ok=True)
+    _progress_path(seed, "polish", device).unlink(missing_ok=True)
     return path, info
 
 
@@ -278,7 +301,8 @@ def _record(path: Path) -> dict | None:
 
 
 def _save(model: torch.nn.Module, path: Path, record: Path, info: dict) -> None:
-    saved = {"state_dict": model.state_dict(), "arch": "alexnet", "num_classes": 10}
+    weights = {k: v.cpu() for k, v in model.state_dict().items()}  # a file any machine reads
+    saved = {"state_dict": weights, "arch": "alexnet", "num_classes": 10}
     # atomic: never half a file, and never weights without their record
     write_bytes(path, torch_bytes({**saved, "input_size": SIZE, "record": info}))
     write_text(record, json.dumps(info, indent=1) + "\n")
@@ -288,5 +312,7 @@ if __name__ == "__main__":
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("--data", type=Path, default=FASHION)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--device", default="cpu", help="cpu, or cuda: a teacher of its own")
     args = ap.parse_args()
-    print(fashion_teacher(args.data, args.seed, log=lambda m: print(m, flush=True)))
+    log = lambda m: print(m, flush=True)  # noqa: E731
+    print(fashion_teacher(args.data, args.seed, log, args.device))

@@ -64,7 +64,7 @@ FASHION_STRUCTURES = ["ttn", "tt", "augttn", "lowrank"]
 PREFIX_STORE = Path(__file__).parent / ".cache" / "prefix"
 
 
-def grid(name: str) -> list[Cell]:
+def grid(name: str, structures: list[str] | None = None) -> list[Cell]:
     """The cells of a grid in priority order, so that a partial run holds what the targets need
     first (shards split this list).
 
@@ -89,7 +89,7 @@ def grid(name: str) -> list[Cell]:
     if name == "fashion":  # every structure at seed 0 first, then the other seeds
         return [
             Cell("alexnet", "fc", b, s, seed)
-            for seed, b, s in itertools.product(SEEDS, BUDGETS, FASHION_STRUCTURES)
+            for seed, b, s in itertools.product(SEEDS, BUDGETS, structures or FASHION_STRUCTURES)
         ]
     if name == "gpu":
         cells = [*whole("ttn"), *whole("tt")]
@@ -135,6 +135,13 @@ def _args(argv: list[str] | None) -> argparse.Namespace:
         f" or, for the fashion grid, one of {', '.join([*TUNING, *STRUCTURE_TRIES])} (joined by +)",
     )
     ap.add_argument("--data", type=Path, default=FASHION, help="the Fashion-MNIST IDX folder")
+    ap.add_argument(
+        "--structures",
+        nargs="+",
+        choices=STRUCTURES,
+        default=None,
+        help=f"the fashion grid's structures (default: {' '.join(FASHION_STRUCTURES)})",
+    )
     ap.add_argument("--out", type=Path, default=None)
     ap.add_argument("--tables", action="store_true", help="only rewrite the Markdown and plot")
     args = ap.parse_args(argv)
@@ -176,7 +183,7 @@ def _meta(args: argparse.Namespace, argv: list[str] | None) -> dict:
 def _teacher_for(args, cell: Cell, meta: dict) -> Path:
     size = SIZES[args.grid][cell.teacher]
     if args.grid == "fashion":
-        path, info = fashion_teacher(args.data)
+        path, info = fashion_teacher(args.data, device=args.device)
     else:
         path, info = teacher_file(cell.teacher, size, torch.device(args.device))
     _same_teacher(args.out, meta["teachers"].get(cell.teacher), info)
@@ -216,7 +223,7 @@ def _runner(args) -> Runner:
 def _todo(args, rows: list[dict]) -> tuple[list[Cell], set[str]]:
     i, n = (int(v) for v in args.shard.split("/"))
     done = {r["key"] for r in rows}
-    cells = [replace(c, variant=args.variant) for c in grid(args.grid)]
+    cells = [replace(c, variant=args.variant) for c in grid(args.grid, args.structures)]
     todo = [c for k, c in enumerate(cells) if k % n == i - 1]
     todo = [c for c in todo if c.key not in done and args.only in c.key]
     todo = [c for c in todo if applies(c.variant, c.structure)]  # a try's structures only
