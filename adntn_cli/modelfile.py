@@ -44,7 +44,8 @@ def _safe_globals() -> list[Any]:
     """Globals a checkpoint may hold that construct plain data and run nothing else."""
     import numpy as np
 
-    allowed: list[Any] = [argparse.Namespace, np.dtype]
+    # torch.__version__ is a TorchVersion (a str): scripts that record it pickle that class
+    allowed: list[Any] = [argparse.Namespace, np.dtype, torch.torch_version.TorchVersion]
     try:  # numpy >= 1.25 moved the scalar reconstructor; the old path stays importable
         from numpy._core.multiarray import scalar
     except ImportError:  # pragma: no cover - old numpy

@@ -9,6 +9,21 @@
 #   3. the generator benchmark (bench_generators.py)
 #   4. the pipeline benchmark (bench_pipeline.py: VGG-16 at 224, batch 128, then channels-last)
 #
+# or, with --fashion, the Fashion-MNIST accuracy study on the GPU (issue 15; results in
+# benchmarks/results/accuracy-fashion-gpu.*, apart from the CPU grid's, whose teacher differs):
+#
+#   1. the teacher: AlexNet at 224x224 on all 60,000 training images, bf16 autocast
+#      (fashion_teacher.py --device cuda; cached in benchmarks/accuracy/.cache, which a warm
+#      machine keeps between calls)
+#   2. the grid with mera too (study.py --grid fashion --structures ...): every structure at
+#      seed 0 first; it resumes, so a second call continues where the first ran out
+#
+# The machine has no Fashion-MNIST: copy the IDX files into the git-ignored .data/ and carry it:
+#
+#   mkdir -p .data && cp -r /usr/share/datasets/fashion-mnist .data/    # 30 MB
+#
+# then command `bash benchmarks/gpu_checks.sh --fashion`, carry [".whl", ".data"].
+#
 # Results are rows with `device: cuda` in benchmarks/results/ (other devices' rows are kept),
 # archived to $OUT/results.tgz too when $OUT is set (the device tool brings $OUT back: unpack
 # it over benchmarks/results/ and commit).
@@ -30,6 +45,9 @@
 # Rehearse it here before a GPU is lent, so that its minutes are not spent debugging:
 #
 #   PYTHON=.venv/bin/python bash benchmarks/gpu_checks.sh --device cpu --tiny   # results in /tmp
+#   PYTHON=.venv/bin/python bash benchmarks/gpu_checks.sh --device cpu --tiny --fashion
+#
+# (a --tiny --fashion rehearsal trains on 256 made-up IDX images, with the study's cache in /tmp)
 #
 # (with FORCE_WHEELS=1 WHEELS=<wheels for the local Python> it also rehearses the install)
 set -uo pipefail
@@ -37,11 +55,14 @@ cd "$(dirname "$0")/.."
 
 DEVICE=cuda
 TINY=0
+FASHION=0
 while [ $# -gt 0 ]; do
   case "$1" in
     --device) DEVICE=${2:?--device needs a value}; shift 2 ;;
     --tiny) TINY=1; shift ;;
-    *) echo "gpu_checks.sh: unknown argument '$1' (valid: --device cpu|cuda, --tiny)" >&2; exit 2 ;;
+    --fashion) FASHION=1; shift ;;
+    *) echo "gpu_checks.sh: unknown argument '$1' (valid: --device cpu|cuda, --tiny, --fashion)" >&2
+       exit 2 ;;
   esac
 done
 export PYTHONUNBUFFERED=1 PYTHONDONTWRITEBYTECODE=1
@@ -99,9 +120,36 @@ torch.save(build_model('demo_vgg', 10).state_dict(), '$WORK/teacher.pt')" || ret
   return $rc
 }
 
+fashion_data() {  # the IDX folder: carried in .data/, the Debian package's, or made up (--tiny)
+  if [ "$TINY" = 1 ]; then
+    $PY -c "import sys; sys.path.insert(0, '.'); from tests.cli.test_data_sources import \
+idx_folder; idx_folder(__import__('pathlib').Path('$WORK/fashion'), n_train=256, n_val=64)" \
+      >/dev/null && echo "$WORK/fashion"
+  elif [ -d .data/fashion-mnist ]; then echo .data/fashion-mnist
+  else echo /usr/share/datasets/fashion-mnist
+  fi
+}
+
 export -f compress_runs
 export PY DEVICE WORK RESULTS
-if [ "$TINY" = 1 ]; then
+if [ "$FASHION" = 1 ]; then
+  DATA=$(fashion_data) || exit 2
+  [ -e "$DATA/train-labels-idx1-ubyte.gz" ] || [ -e "$DATA/train-labels-idx1-ubyte" ] || {
+    echo "no Fashion-MNIST in $DATA: see this script's header (carry .data)" >&2; exit 2; }
+  GRID=(--grid fashion --device "$DEVICE" --data "$DATA" --out "$RESULTS/accuracy-fashion-gpu.json")
+  if [ "$TINY" = 1 ]; then
+    export ADNTN_STUDY_CACHE=$WORK/cache  # never the real teacher's cache
+    step fashion-teacher 300 $PY benchmarks/accuracy/fashion_teacher.py --device "$DEVICE" \
+      --data "$DATA"
+    step fashion-grid 300 $PY benchmarks/accuracy/study.py "${GRID[@]}" --structures ttn mera \
+      --only /2000/ttn/s0
+  else
+    step fashion-teacher 180 $PY benchmarks/accuracy/fashion_teacher.py --device "$DEVICE" \
+      --data "$DATA"
+    step fashion-grid 330 $PY benchmarks/accuracy/study.py "${GRID[@]}" \
+      --structures ttn tt mera augttn lowrank
+  fi
+elif [ "$TINY" = 1 ]; then
   step compress 240 bash -c "compress_runs 64"
   step precision 120 $PY benchmarks/bench_precision.py --device "$DEVICE" --shape 512x512 \
     --batch 16 --out "$RESULTS/precision"
@@ -124,6 +172,6 @@ printf '%s\n' "${STATUS[@]}" | tee "$WORK/status.txt"
 if [ -n "${OUT:-}" ]; then  # one archive: the device tool brings back at most 8 files
   cp "$WORK/status.txt" "$OUT/"
   (cd "$RESULTS" && tar czf "$OUT/results.tgz" --ignore-failed-read compress.* precision*.* \
-    generators.* pipeline.* 2>/dev/null)
+    generators.* pipeline.* accuracy-fashion-gpu.* 2>/dev/null)
 fi
 ! printf '%s\n' "${STATUS[@]}" | grep -qv 'rc=0,'

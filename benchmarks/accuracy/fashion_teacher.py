@@ -38,6 +38,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import signal
 import time
 from pathlib import Path
@@ -54,7 +55,8 @@ from adntn_cli.models import build_model
 from adntn_cli.preprocess import DEFAULTS
 from adntn_cli.runtime import cpu_has_native_bf16
 
-CACHE = Path(__file__).parent / ".cache"
+# the study's cache (teachers, prefix stores); ADNTN_STUDY_CACHE moves it (a rehearsal's)
+CACHE = Path(os.environ.get("ADNTN_STUDY_CACHE") or Path(__file__).parent / ".cache")
 FASHION = Path("/usr/share/datasets/fashion-mnist")
 SIZE = 224
 PHASES = ((112, 4), (224, 1))  # (input size, epochs), in order
@@ -229,7 +231,7 @@ def train(
         "precision": "bf16" if _bf16(device) else "fp32",
         **({"device": torch.cuda.get_device_name(device)} if device.type == "cuda" else {}),
         "threads": torch.get_num_threads(),
-        "torch": torch.__version__,
+        "torch": str(torch.__version__),  # a TorchVersion would not load weights_only
         **done,
     }
     return model, info
@@ -268,14 +270,14 @@ def fashion_teacher(
     info = _record(path)
     if info is not None and "polish" in info:
         return path, info
-    CACHE.mkdir(exist_ok=True)
+    CACHE.mkdir(parents=True, exist_ok=True)
     if info is None:  # the main schedule, then its checkpoint: a stopped polish starts there
         model, info = train(data, seed, log, device)
         info["top1"] = test_accuracy(model, data)["top1"]
         _save(model, path, record, info)
         _progress_path(seed, "main", device).unlink(missing_ok=True)
     model = build_model("alexnet", 10)
-    model.load_state_dict(torch.load(path, weights_only=True)["state_dict"])
+    model.load_state_dict(_load(path)["state_dict"])
     model.to(device)
     info["top1_before_polish"] = info.pop("top1")
     info.update(polish(model, data, seed, log))
@@ -287,13 +289,20 @@ def fashion_teacher(
     return path, info
 
 
+def _load(path: Path) -> dict:
+    """A checkpoint this script wrote, tensors only (one whose record's torch version was
+    written as a TorchVersion, not a str, included)."""
+    with torch.serialization.safe_globals([torch.torch_version.TorchVersion]):
+        return torch.load(path, weights_only=True, mmap=True)
+
+
 def _record(path: Path) -> dict | None:
     """The record of the checkpoint at ``path`` (None: none yet). It is kept in the checkpoint,
     written with its weights in one atomic write; the .json beside it is a copy to read (and
     the record of a checkpoint written before it held one)."""
     if not path.exists():
         return None
-    saved = torch.load(path, weights_only=True, mmap=True)
+    saved = _load(path)
     if "record" in saved:
         return saved["record"]
     legacy = path.with_suffix(".json")

@@ -52,7 +52,7 @@ from cells import (
     run_cell,
     schedule_for,
 )
-from fashion_teacher import FASHION, fashion_teacher
+from fashion_teacher import CACHE, FASHION, fashion_teacher
 from tables import write_markdown, write_plot
 from teachers import teacher_file
 
@@ -61,7 +61,7 @@ STRUCTURES = ["ttn", "augttn", "mera", "tt", "lowrank"]
 BUDGETS = [2000, 20000, 77000]
 SEEDS = [0, 1, 2]
 FASHION_STRUCTURES = ["ttn", "tt", "augttn", "lowrank"]
-PREFIX_STORE = Path(__file__).parent / ".cache" / "prefix"
+PREFIX_STORE = CACHE / "prefix"  # the fashion grid's frozen-prefix store
 
 
 def grid(name: str, structures: list[str] | None = None) -> list[Cell]:

@@ -10,6 +10,7 @@ Teachers are trained once per (arch, input size, seed) and cached in ``.cache/``
 
 from __future__ import annotations
 
+import os
 import time
 from pathlib import Path
 
@@ -19,7 +20,7 @@ from adntn_cli.data import loaders, make_datasets
 from adntn_cli.demo import train_teacher
 from adntn_cli.models import build_model
 
-CACHE = Path(__file__).parent / ".cache"
+CACHE = Path(os.environ.get("ADNTN_STUDY_CACHE") or Path(__file__).parent / ".cache")
 
 # arch -> (epochs, peak lr): AdamW with a one-cycle schedule (adntn_cli.demo.train_teacher).
 RECIPES = {"alexnet": (20, 1e-3), "vgg16_bn": (6, 1e-3)}
@@ -29,7 +30,7 @@ def teacher(
     arch: str, size: int, device: torch.device, seed: int = 0, log=print
 ) -> tuple[torch.nn.Module, dict]:
     """The trained teacher (cached) and its validation accuracy and training time."""
-    CACHE.mkdir(exist_ok=True)
+    CACHE.mkdir(parents=True, exist_ok=True)
     path = CACHE / f"{arch}-{size}-s{seed}.pt"
     model = build_model(arch, 10).to(device)
     if path.exists():

@@ -77,6 +77,14 @@ def test_a_timm_checkpoint_loads_with_the_arch_it_records(tmp_path):
     assert "arch: demo_vgg, num_classes: 10" in out
 
 
+def test_a_checkpoint_that_records_the_torch_version_loads(tmp_path):
+    """``torch.__version__`` pickles as a TorchVersion global, outside weights_only's defaults."""
+    path = tmp_path / "teacher.pt"
+    torch.save({"state_dict": _demo_state(), "arch": "demo_vgg", "torch": torch.__version__}, path)
+    out = _ok(_run("layers", path, "--template"))
+    assert "arch: demo_vgg, num_classes: 10" in out
+
+
 def test_an_ema_only_checkpoint_is_unwrapped(tmp_path):
     from adntn_cli.models import load_model
 
