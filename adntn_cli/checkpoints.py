@@ -11,6 +11,7 @@ processes run).
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Any
 
@@ -35,7 +36,8 @@ __all__ = [
     "training_checkpoint",
 ]
 
-PROGRESS = ("step", "best_top1", "best_step", "history", "per_epoch")  # a distillation's progress
+# a distillation's progress
+PROGRESS = ("step", "best_top1", "best_loss", "best_step", "history", "per_epoch")
 
 
 def layerwise_checkpoint(
@@ -94,6 +96,7 @@ def restore_training(
     restore_rng(ckpt, dist, device)
     progress = {k: ckpt[k] for k in ("step", "best_top1", "history")}
     progress["best_step"] = ckpt.get("best_step")  # absent before adntn recorded it
+    progress["best_loss"] = ckpt.get("best_loss", math.inf)  # absent before ties were broken
     progress["step"] = same_place(ckpt["step"], ckpt.get("per_epoch", per_epoch), per_epoch)
     progress["per_epoch"] = per_epoch
     return progress

@@ -370,6 +370,7 @@ class Distiller:
         self.state: dict[str, Any] = {
             "step": 0,
             "best_top1": -1.0,
+            "best_loss": math.inf,
             "best_step": None,
             "history": [],
             "per_epoch": self.per_epoch,
@@ -436,7 +437,9 @@ class Distiller:
     def _validate(self, row: dict[str, float]) -> None:
         """Rank 0, at the end of each epoch (and every ``eval_every`` steps): top-1 on the
         held-out selection images (never the reported validation split), and ``best.pt`` when
-        it improved."""
+        it improved: a higher top-1, or the same top-1 at a lower loss. A small hold-out reaches
+        its best top-1 (often 100%) early; without the loss the first, least trained model to
+        reach it was kept (on digits' 144 images: step 42 of 210, 98.1% against 99.7%)."""
         step, every = self.state["step"], self.cfg.eval_every
         due = step % self.per_epoch == 0 or step == self.total or (every and step % every == 0)
         if self.val is None or not self.dist.main or not due:
@@ -445,8 +448,9 @@ class Distiller:
         train_mode(self.student, self.cfg.dropout)
         row.update(select_top1=metrics["top1"], select_loss=metrics["loss"])
         self.callback(Event("eval", step, self.total, metrics))
-        if metrics["top1"] > self.state["best_top1"]:
-            self.state["best_top1"], self.state["best_step"] = metrics["top1"], step
+        best = (self.state["best_top1"], -self.state["best_loss"])
+        if (metrics["top1"], -metrics["loss"]) > best:
+            self.state.update(best_top1=metrics["top1"], best_loss=metrics["loss"], best_step=step)
             self._save(self.best, full=False)
 
     def _checkpoint(self, signalled: bool, stopping: bool) -> None:

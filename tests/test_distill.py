@@ -201,3 +201,20 @@ def test_the_feature_loss_is_the_relative_error_of_the_replaced_outputs_and_trai
     finetune(teacher, student, train, val, cfg, checkpoints=tmp_path)
     assert error() < 0.5 * before  # the replaced layer moved toward the teacher's outputs
     assert not student[0]._forward_hooks  # finetune removed its hooks
+
+
+def test_a_tie_on_held_out_top1_keeps_the_checkpoint_with_the_lower_loss(tmp_path, monkeypatch):
+    """A small hold-out saturates at its best top-1 early: the first model to reach it is the
+    least trained, so ties are broken by the held-out loss (the demo kept step 42 of 210)."""
+    import adntn_cli.distill as distill
+
+    scores = iter([(0.5, 0.9), (1.0, 0.6), (1.0, 0.2), (1.0, 0.4), (0.75, 0.1)])  # (top1, loss)
+    monkeypatch.setattr(
+        distill, "accuracy", lambda *a: dict(zip(("top1", "loss"), next(scores), strict=True))
+    )
+    teacher, student, train, val = _setup()
+    cfg = Finetune(steps=5, lr=1e-2, eval_every=1)
+    done = finetune(teacher, student, train, val, cfg, checkpoints=tmp_path)
+    assert (done["best_top1"], done["best_step"]) == (1.0, 3)
+    best = torch.load(tmp_path / "best.pt", weights_only=False)
+    assert (best["best_step"], best["best_loss"]) == (3, 0.2)

@@ -107,3 +107,10 @@ def test_a_teacher_trained_on_a_gpu_is_cached_and_resumed_apart_from_the_cpus(mo
     assert "device" not in cpu  # a CPU's progress saved before devices were recorded resumes
     cuda = ft._settings("main", 0, torch.device("cuda"))
     assert cuda == {**cpu, "device": "cuda", "precision": "bf16"}
+
+
+@pytest.mark.parametrize("precision", ["bf16", "fp32"])
+def test_a_named_precision_is_the_teachers_whatever_the_cpu(monkeypatch, precision):
+    monkeypatch.setattr(ft, "PRECISION", precision)
+    for device in ("cpu", "cuda"):
+        assert ft._settings("main", 0, torch.device(device))["precision"] == precision

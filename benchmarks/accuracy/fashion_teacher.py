@@ -17,7 +17,9 @@ augmentation come from one seeded generator), so a missing checkpoint is rebuilt
 - AdamW (weight decay 5e-4), one-cycle cosine learning rate over all phases, label smoothing
   0.05, batch 128, bf16 autocast on a CPU that computes bf16 natively (AMX or AVX512-BF16; the
   weights stay float32), float32 on one that would emulate it (25x slower: see
-  ``adntn_cli.runtime.cpu_has_native_bf16``); the record says which;
+  ``adntn_cli.runtime.cpu_has_native_bf16``); the record says which. The two are different
+  teachers: ``--precision fp32`` (or ``bf16``) retrains the one a results file names, on any
+  CPU; ``--device cuda`` trains one on a GPU, cached apart (``teacher_path``);
 - then ``polish``: one more epoch at 224x224, cosine from 3e-4 (one epoch at 224 left it at
   89.2%, short of the study's 90%).
 
@@ -65,9 +67,14 @@ POLISH_LR = 3e-4  # then one more epoch at 224x224, cosine from this to 0 (89.2%
 SAVE_EVERY = 300  # seconds between progress saves (a stopped run resumes from the last)
 
 
+PRECISION = "auto"  # or bf16, fp32 (--precision): auto is bf16 where the device computes it
+
+
 def _bf16(device: torch.device) -> bool:
     """Train in bf16 autocast where the device has it natively (an unknown CPU: as before,
-    bf16)."""
+    bf16), unless ``PRECISION`` says which."""
+    if PRECISION != "auto":
+        return PRECISION == "bf16"
     if device.type == "cuda":
         return torch.cuda.is_bf16_supported()
     return cpu_has_native_bf16() is not False
@@ -322,6 +329,14 @@ if __name__ == "__main__":
     ap.add_argument("--data", type=Path, default=FASHION)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--device", default="cpu", help="cpu, or cuda: a teacher of its own")
+    ap.add_argument(
+        "--precision",
+        choices=["auto", "bf16", "fp32"],
+        default=PRECISION,
+        help="auto: bf16 where the device computes it natively, else fp32 (the grid's teacher"
+        " was trained in fp32: --precision fp32 retrains that one on any CPU)",
+    )
     args = ap.parse_args()
+    PRECISION = args.precision
     log = lambda m: print(m, flush=True)  # noqa: E731
     print(fashion_teacher(args.data, args.seed, log, args.device))
