@@ -69,7 +69,8 @@ def plan(
             extra["expected_time"] = {**dataclasses.asdict(expected), "total": expected.total}
         typer.echo(json.dumps({**p.to_dict(), **extra}, indent=1))
         return
-    out.print(layer_table([lp.record for lp in p.layers], escape(f"plan: {source} on {model}")))
+    records = [lp.record for lp in p.layers]
+    out.print(layer_table(records, escape(f"plan: {source} on {model}"), width=out.width))
     t = p.totals
     out.print(
         f"replaced layers: {t.replaced_dense_params:,} -> {t.replaced_tn_params:,} "
@@ -81,9 +82,9 @@ def plan(
     )
     out.print(escape(f"distillation: {sched.describe()}"))
     if isinstance(expected, str):
-        out.print(escape(expected), soft_wrap=True)
+        out.print(escape(expected), soft_wrap=not out.is_terminal)  # a log keeps it whole
     elif expected is not None:
-        out.print(escape(expected.describe()), soft_wrap=True)
+        out.print(escape(expected.describe()), soft_wrap=not out.is_terminal)
 
 
 def _expected(net, p, rec, sched, counted: tuple[int | None, bool]):

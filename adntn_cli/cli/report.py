@@ -72,7 +72,9 @@ def report(
     if markdown:
         typer.echo(to_markdown(rep), nl=False)
         return
-    out.print(layer_table(rep.layers, escape(f"adntn report: {target}"), style="report"))
+    out.print(
+        layer_table(rep.layers, escape(f"adntn report: {target}"), style="report", width=out.width)
+    )
     t = rep.totals
     size = (rep.files or {}).get("model_bytes")
     out.print(

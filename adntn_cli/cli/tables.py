@@ -52,12 +52,43 @@ COLUMNS: dict[str, list[Column]] = {
 }
 
 
-def layer_table(records: Sequence[LayerRecord], title: str, style: str = "plan") -> Table:
-    """A rich table of ``records`` with the columns of ``style`` (plan or report)."""
-    columns = COLUMNS[style]
+# What a terminal too narrow for every column drops, first to last: what is left names each
+# layer, its structure, bonds, size and ratio in full, never cut to "cla…" (--json has all);
+# a cell still too wide folds onto the next line rather than losing characters.
+DROPPABLE = ("type", "FLOPs", "peak", "schedule", "kept fraction", "legs", "dense")
+
+
+def _width(cells: list[list[str]]) -> int:
+    """The rendered width of a table whose columns hold ``cells`` (header first): each column
+    its widest line plus a space either side and a border, and the last border."""
+    return sum(max(len(line) for c in col for line in c.split("\n")) + 3 for col in cells) + 1
+
+
+def layer_table(
+    records: Sequence[LayerRecord], title: str, style: str = "plan", width: int | None = None
+) -> Table:
+    """A rich table of ``records`` with the columns of ``style`` (plan or report), without the
+    ``DROPPABLE`` columns it takes to fit ``width`` (None: every column); a caption names them."""
+    every = COLUMNS[style]
+    cells = {h: [h, *(cell(r) for r in records)] for h, _, cell in every}
+
+    def fits(dropped: list[str]) -> bool:
+        return width is None or _width([c for h, c in cells.items() if h not in dropped]) <= width
+
+    dropped: list[str] = []
+    for header in (h for h in DROPPABLE if h in cells):
+        if fits(dropped):
+            break
+        dropped.append(header)
+    for header in reversed(dropped[:-1]):  # one dropped late may have made room for these
+        if fits([h for h in dropped if h != header]):
+            dropped.remove(header)
+    columns = [c for c in every if c[0] not in dropped]
     table = Table(title=title)
     for header, right, _ in columns:
-        table.add_column(header, justify="right" if right else "left")
+        table.add_column(header, justify="right" if right else "left", overflow="fold")
     for r in records:
         table.add_row(*(cell(r) for _, _, cell in columns))
+    if dropped:
+        table.caption = f"not shown here: {', '.join(dropped)} (--json)"
     return table

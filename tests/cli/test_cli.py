@@ -82,6 +82,21 @@ def test_plan_table(tmp_path):
     assert "classifier.0" in result.output and "x fewer" in result.output
 
 
+@pytest.mark.parametrize("width", [80, 60])
+def test_plan_in_a_narrow_terminal_drops_columns_instead_of_cutting_names(monkeypatch, width):
+    from adntn_cli.cli.app import out
+
+    monkeypatch.setattr(out, "width", 250)
+    wide = run("plan", "torchvision:vgg16", "--recipe", "vgg16")
+    assert "not shown here" not in wide.output and "FLOPs" in wide.output
+    monkeypatch.setattr(out, "width", width)
+    result = run("plan", "torchvision:vgg16", "--recipe", "vgg16")
+    assert result.exit_code == 0 and "…" not in result.output
+    assert max(len(line) for line in result.output.splitlines()) <= width
+    assert "classifier.0" in result.output and "features.28" in result.output
+    assert "not shown here: type," in result.output and "(--json)" in result.output
+
+
 def test_plan_says_how_many_distillation_steps_a_run_takes(tmp_path):
     recipe = tmp_path / "r.yaml"
     recipe.write_text(
