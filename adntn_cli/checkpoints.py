@@ -6,7 +6,8 @@ processes run).
   recalibrated;
 - ``last.pt``: everything a resumed distillation needs: model, optimiser, scheduler, progress
   (step, best top-1, history, steps per epoch), every rank's RNG and the process count;
-- ``best.pt``: the model and progress at the best validation top-1.
+- ``best.pt``: the model and progress at the best top-1 on the held-out selection images (a
+  tie: the lower loss there).
 """
 
 from __future__ import annotations

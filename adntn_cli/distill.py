@@ -531,7 +531,7 @@ def finetune(
 
     ``options`` are ``Distiller``'s: ``checkpoints`` (a folder), ``device``, ``dist``,
     ``precision``, ``callback``, ``forward``. Checkpoints (``last.pt`` every
-    ``cfg.checkpoint_every`` steps and at the end, ``best.pt`` by validation top-1 after each
+    ``cfg.checkpoint_every`` steps and at the end, ``best.pt`` by held-out top-1 after each
     epoch) are written atomically. ``resume`` continues from ``last.pt`` exactly: model,
     optimiser, scheduler, step, RNG and data order. ``stop_after`` ends the run after that many
     steps, checkpointed, as an interruption would.

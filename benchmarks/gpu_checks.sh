@@ -22,7 +22,11 @@
 #
 #   mkdir -p .data && cp -r /usr/share/datasets/fashion-mnist .data/    # 30 MB
 #
-# then command `bash benchmarks/gpu_checks.sh --fashion`, carry [".whl", ".data"].
+# then command `bash benchmarks/gpu_checks.sh --fashion`, carry [".whl", ".data"], timeout_s 560
+# (the budgets add up to 510 s). The teacher is cached on that machine only, and CUDA training
+# is not bitwise repeatable: a call on a fresh machine trains another teacher, and the study
+# then refuses to add its cells to the results file of the first (bring that one back with
+# $OUT, or write to another --out).
 #
 # Results are rows with `device: cuda` in benchmarks/results/ (other devices' rows are kept),
 # archived to $OUT/results.tgz too when $OUT is set (the device tool brings $OUT back: unpack
@@ -47,7 +51,9 @@
 #   PYTHON=.venv/bin/python bash benchmarks/gpu_checks.sh --device cpu --tiny   # results in /tmp
 #   PYTHON=.venv/bin/python bash benchmarks/gpu_checks.sh --device cpu --tiny --fashion
 #
-# (a --tiny --fashion rehearsal trains on 256 made-up IDX images, with the study's cache in /tmp)
+# (a --tiny --fashion rehearsal trains on 256 made-up IDX images, with the study's cache in /tmp,
+# and runs one ttn cell: a mera cell materialises FC6's weight at each of 1,000 steps, too slow
+# for a CPU rehearsal)
 #
 # (with FORCE_WHEELS=1 WHEELS=<wheels for the local Python> it also rehearses the install)
 set -uo pipefail

@@ -114,3 +114,26 @@ def test_a_named_precision_is_the_teachers_whatever_the_cpu(monkeypatch, precisi
     monkeypatch.setattr(ft, "PRECISION", precision)
     for device in ("cpu", "cuda"):
         assert ft._settings("main", 0, torch.device(device))["precision"] == precision
+
+
+def test_a_cached_teachers_precision_is_kept_or_another_refused(small_teacher, monkeypatch):
+    path = ft.teacher_path(0)
+    ft._save(_small("alexnet", 10), path, path.with_suffix(".json"),
+             {"top1": 0.5, "polish": {}, "precision": "bf16"})  # fmt: skip
+    monkeypatch.setattr(ft, "PRECISION", "fp32")
+    with pytest.raises(SystemExit, match="is bf16, not fp32; move it aside"):
+        ft.fashion_teacher(small_teacher, 0)
+    monkeypatch.setattr(ft, "PRECISION", "auto")
+    messages = []
+    assert ft.fashion_teacher(small_teacher, 0, messages.append)[0] == path
+    assert ft.PRECISION == "bf16"
+    assert messages == [f"teacher: bf16, as the one cached in {ft.CACHE} began"]
+
+
+def test_auto_precision_resumes_progress_in_the_precision_it_began(small_teacher, monkeypatch):
+    monkeypatch.setattr(ft, "PRECISION", "bf16")
+    ft.train(small_teacher, seed=0)  # leaves its progress (saved at the last step)
+    monkeypatch.setattr(ft, "PRECISION", "auto")
+    assert ft._cached_precision(0, "cpu") == "bf16"
+    ft._keep_cached_precision(0, "cpu", print)
+    assert ft.PRECISION == "bf16"

@@ -111,7 +111,7 @@ def layer_recipe(cell: Cell, names: list[str]) -> dict:
             has = ", ".join(STRUCTURE_TRIES[v])
             raise ValueError(f"try {v!r} is for {has}, not {cell.structure}")
         for rule in rules:
-            rule["options"] = dict(STRUCTURE_TRIES[v][cell.structure])
+            rule.setdefault("options", {}).update(STRUCTURE_TRIES[v][cell.structure])
     return {"version": 1, "layers": rules, "limits": {"memory_gb": MEMORY_GB}}
 
 

@@ -76,7 +76,7 @@ def _bf16(device: torch.device) -> bool:
     if PRECISION != "auto":
         return PRECISION == "bf16"
     if device.type == "cuda":
-        return torch.cuda.is_bf16_supported()
+        return torch.cuda.is_bf16_supported(including_emulation=False)
     return cpu_has_native_bf16() is not False
 
 
@@ -176,7 +176,8 @@ def _run_stage(
         at, perm, spent = saved["at"], saved["perm"], saved["seconds"]
         resumes = saved["resumes"] + 1
         log(f"{stage}: resumed at step {at}/{total} ({progress.path})")
-    previous = signal.signal(signal.SIGTERM, lambda *_: setattr(progress, "stop", True))
+    stops = (signal.SIGTERM, signal.SIGINT)  # a kill, ^C, or `timeout --signal=INT`
+    previous = [signal.signal(s, lambda *_: setattr(progress, "stop", True)) for s in stops]
     model.to(memory_format=torch.channels_last).train()
     started = time.time()
     try:
@@ -207,7 +208,8 @@ def _run_stage(
                 if progress.stop and step + 1 < total:
                     raise SystemExit(f"{stage}: stopped at step {step + 1}/{total}, saved")
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        for s, handler in zip(stops, previous, strict=True):
+            signal.signal(s, handler)
     model.to(memory_format=torch.contiguous_format).eval()
     seconds = round(spent + time.time() - started, 1)
     return {"seconds": seconds, "resumes": resumes, "train_images": len(y_all)}
@@ -274,6 +276,7 @@ def fashion_teacher(
     midway resumes from its progress file (``_Progress``)."""
     path = teacher_path(seed, device)
     record = path.with_suffix(".json")
+    _keep_cached_precision(seed, device, log)
     info = _record(path)
     if info is not None and "polish" in info:
         return path, info
@@ -294,6 +297,33 @@ def fashion_teacher(
     _save(model, path, record, info)
     _progress_path(seed, "polish", device).unlink(missing_ok=True)
     return path, info
+
+
+def _cached_precision(seed: int, device: torch.device | str) -> str | None:
+    """The precision of the teacher cached for ``seed`` on ``device``: trained, or in progress."""
+    record = _record(teacher_path(seed, device))
+    if record and "precision" in record:
+        return record["precision"]
+    for stage in ("polish", "main"):
+        if (saved := _progress_path(seed, stage, device)).exists():
+            return torch.load(saved, weights_only=False, mmap=True)["settings"].get("precision")
+    return None
+
+
+def _keep_cached_precision(seed: int, device: torch.device | str, log) -> None:
+    """``PRECISION`` auto takes the cached teacher's (a run resumed on another machine goes on
+    as it began); a named one that differs is refused, never trained over the cached one."""
+    global PRECISION
+    cached = _cached_precision(seed, device)
+    if cached is None or cached == PRECISION:
+        return
+    if PRECISION != "auto":
+        raise SystemExit(
+            f"error: the teacher cached in {CACHE} for seed {seed} is {cached}, not {PRECISION};"
+            f" move it aside to train another (or leave --precision auto to use it)"
+        )
+    PRECISION = cached
+    log(f"teacher: {cached}, as the one cached in {CACHE} began")
 
 
 def _load(path: Path) -> dict:

@@ -147,9 +147,16 @@ def _args(argv: list[str] | None) -> argparse.Namespace:
     args = ap.parse_args(argv)
     fashion = args.grid == "fashion"
     valid = [*TUNING, *STRUCTURE_TRIES] if fashion else ["long", "linear", "long-linear"]
-    unknown = [v for v in args.variant.split("+" if fashion else " ") if v and v not in valid]
-    if unknown:
-        ap.error(f"unknown --variant {unknown[0]!r} (grid {args.grid}); valid: {', '.join(valid)}")
+    names = args.variant.split("+") if fashion else [args.variant]
+    if args.variant and (not all(v in valid for v in names) or len(set(names)) < len(names)):
+        ap.error(
+            f"--variant {args.variant!r} (grid {args.grid}): valid: {', '.join(valid)}"
+            + (", joined by + (each once)" if fashion else "")
+        )
+    if args.structures and not fashion:
+        ap.error("--structures is for --grid fashion (the other grids name their own)")
+    if args.structures:
+        args.structures = list(dict.fromkeys(args.structures))  # each once
     if args.out is None:
         name = "accuracy-fashion.json" if args.grid == "fashion" else "accuracy.json"
         args.out = RESULTS / name
