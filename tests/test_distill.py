@@ -159,6 +159,7 @@ def test_finetune_length_is_steps_or_epochs_or_the_default_by_data():
     assert Finetune(steps=70).total_steps(per_epoch=500) == 70
     assert Finetune(epochs=1.5).total_steps(per_epoch=500) == 750
     assert Finetune().total_steps(per_epoch=10) == MIN_STEPS  # small data: at least MIN_STEPS
+    assert Finetune().total_steps(per_epoch=860) == 6020  # Fashion-MNIST: 7 passes
     assert Finetune().total_steps(per_epoch=10**6) == MAX_STEPS
     with pytest.raises(ValueError, match="steps or epochs, not both"):
         Finetune(steps=5, epochs=1)
