@@ -195,6 +195,8 @@ TUNING: dict[str, dict] = {
     "steps-6000": {"finetune": {"steps": 6000}},
     # the defaults before 7 passes at lr 3e-3 (what the 3-seed grid was measured with)
     "old-defaults": {"finetune": {"epochs": 2.0, "lr": 1e-3}},
+    "epochs-2": {"finetune": {"epochs": 2.0}},  # the old length at the new lr
+    "lr-1e-3": {"finetune": {"lr": 1e-3}},  # the old lr
     # augmentation of the training images (the fashion-mnist source's default is none); it
     # turns the prefix cache off, so these cells run the convolutions at every step
     "augment-flip": {"data": {"augment": "flip"}},
