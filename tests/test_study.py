@@ -3,6 +3,8 @@ the same recipe, seed and data write the same model file, byte for byte."""
 
 from __future__ import annotations
 
+import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -103,6 +105,27 @@ def test_the_study_refuses_a_results_file_measured_against_another_teacher(tmp_p
     study._same_teacher(tmp_path / "r.json", None, recorded)  # a new file: any teacher
     with pytest.raises(SystemExit, match=r"top-1 0\.9100.*r\.json was measured against"):
         study._same_teacher(tmp_path / "r.json", recorded, {**recorded, "top1": 0.91})
+
+
+def test_the_study_refuses_a_results_file_measured_under_other_adntn_defaults(tmp_path):
+    out = tmp_path / "r.json"
+    args = study._args(["--grid", "fashion", "--out", str(out)])
+    current = study.adntn_defaults()
+    study.save_rows(out, {"defaults": current}, [{"key": "a"}])
+    assert study._meta(args, [])["defaults"] == current  # the same defaults: cells add up
+
+    older = json.loads(json.dumps(current))
+    lr, epochs = current["distill"]["finetune"]["lr"], current["finetune_length"]["epochs"]
+    older["distill"]["finetune"]["lr"], older["finetune_length"]["epochs"] = lr / 4, epochs + 1
+    study.save_rows(out, {"defaults": older}, [{"key": "a"}])
+    changed = f"finetune.lr {lr / 4} -> {lr}, finetune_length.epochs {epochs + 1} -> {epochs};"
+    with pytest.raises(SystemExit, match=re.escape(changed)):
+        study._meta(args, [])
+    study.save_rows(out, {}, [{"key": "a"}])
+    with pytest.raises(SystemExit, match="records no defaults"):
+        study._meta(args, [])
+    study.save_rows(out, {}, [])  # no rows yet: nothing to mix with
+    assert study._meta(args, [])["defaults"] == current
 
 
 def _row(structure: str, seed: int, top1: float) -> dict:

@@ -18,7 +18,11 @@ accuracy-fashion.json/.md/.png.
 
 Every finished cell is appended to benchmarks/results/accuracy.json at once (atomically), and a
 cell already there is skipped, so shards and interrupted runs add up to one results file;
-accuracy.md is rewritten from the JSON after every cell (``--tables`` rewrites it alone).
+accuracy.md is rewritten from the JSON after every cell (``--tables`` rewrites it alone). A
+fashion results file records the adntn defaults its cells ran under (``adntn_defaults``: the
+grid's schedule is "no ``distill:`` section"), and the study refuses to add cells to one that
+ran under others, or records none, so a change of the defaults cannot mix two schedules in one
+table: write to another ``--out``, or rerun.
 """
 
 from __future__ import annotations
@@ -35,6 +39,7 @@ from pathlib import Path
 
 import torch
 
+from adntn_cli.recipe.schema import DEFAULT_EPOCHS, MAX_STEPS, MIN_STEPS, Distill
 from adntn_cli.runtime import cpu_has_native_bf16
 
 sys.path.insert(0, str(Path(__file__).parent))
@@ -175,16 +180,56 @@ def _meta(args: argparse.Namespace, argv: list[str] | None) -> dict:
         else platform.processor() or platform.machine(),
         "threads": torch.get_num_threads(),
         "torch": torch.__version__,
-        "schedule": "adntn's defaults (no distill: section)" if fashion else Schedule().__dict__,
+        "schedule": _defaults_line() if fashion else Schedule().__dict__,
         "schedule_all": None if fashion else WHOLE_MODEL_SCHEDULE.__dict__,
         "teachers": {},
     }
     if fashion:
         meta["data"] = f"fashion-mnist:{args.data}"
         meta["flags"] = f"--precision {_precision(args)} --prefix-cache {PREFIX_STORE}"
+        meta["defaults"] = adntn_defaults()
     if args.out.exists():
-        meta["teachers"] = json.loads(args.out.read_text()).get("teachers", {})
+        recorded = json.loads(args.out.read_text())
+        meta["teachers"] = recorded.get("teachers", {})
+        if fashion and recorded.get("rows"):
+            _same_defaults(args.out, recorded.get("defaults"), meta["defaults"])
     return meta
+
+
+def adntn_defaults() -> dict:
+    """What a recipe with no ``distill:`` section runs with (the fashion grid's schedule): the
+    schema's defaults and the default end-to-end length (passes, clamped to a step range)."""
+    length = {"epochs": DEFAULT_EPOCHS, "min_steps": MIN_STEPS, "max_steps": MAX_STEPS}
+    return {"distill": Distill().model_dump(mode="json"), "finetune_length": length}
+
+
+def _defaults_line() -> str:
+    lr = Distill().finetune.lr
+    passes = f"{DEFAULT_EPOCHS:g} passes at a peak lr of {lr:g}"
+    return f"adntn's defaults (no distill: section): {passes}"
+
+
+def _flat(d: dict, prefix: str = "") -> dict:
+    out: dict = {}
+    for k, v in d.items():
+        out |= _flat(v, f"{prefix}{k}.") if isinstance(v, dict) else {f"{prefix}{k}": v}
+    return out
+
+
+def _same_defaults(out: Path, recorded: dict | None, current: dict) -> None:
+    """Refuse to add cells to ``out`` when its rows ran under other adntn defaults (a file
+    without the record predates it): a grid row and a try would not compare."""
+    if recorded == current:
+        return
+    if recorded is None:
+        why = "records no defaults (it predates the record)"
+    else:
+        old, new = _flat(recorded), _flat(current)
+        changed = [f"{k} {old.get(k)} -> {new.get(k)}" for k in new if old.get(k) != new.get(k)]
+        why = "ran under other defaults: " + ", ".join(changed or ["(a removed setting)"])
+    raise SystemExit(
+        f"error: {out} {why}; write to another --out, or rerun its rows under these defaults"
+    )
 
 
 def _teacher_for(args, cell: Cell, meta: dict) -> Path:
