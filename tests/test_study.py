@@ -87,6 +87,12 @@ def test_a_structure_try_sets_its_option_on_every_rule_and_only_for_its_structur
     assert cells.applies("kd-1", "tt") and cells.applies("", "lowrank")
     with pytest.raises(ValueError, match="'mixing' is for ttn, augttn, not tt"):
         cells.cell_recipe(cells.Cell("alexnet", "fc", 20000, "tt", 0, "mixing"), None)
+    gelu = cells.cell_recipe(cells.Cell("alexnet", "fc", 20000, "ttn", 0, "act-gelu+mixing"), None)
+    parsed = parse_recipe(gelu)  # a rule field, set beside the merged options
+    assert [(r.activation, r.options) for r in parsed.layers] == [
+        ("gelu", {"mixing": "siblings"})
+    ] * 2
+    assert not cells.applies("act-relu", "tt") and cells.applies("act-relu", "mera")
 
 
 def test_the_study_runs_a_structure_try_on_its_structures_only_and_refuses_unknown_tries():

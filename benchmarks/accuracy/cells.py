@@ -87,10 +87,13 @@ WHOLE_MODEL_SCHEDULE = Schedule(
 )
 
 
-# Tries of a structure's own options (the layer rule's ``options:``), by the structures that
-# have them: the paper's lateral mixing tensors, for the trees.
+# Tries of a structure's own settings (layer-rule fields; ``options`` merge), by the structures
+# that have them: the paper's lateral mixing tensors for the trees, the activation between
+# levels (tanh by default) for the trees with one.
+TREES = ("ttn", "augttn", "mera")
 STRUCTURE_TRIES: dict[str, dict[str, dict]] = {
-    "mixing": {s: {"mixing": "siblings"} for s in ("ttn", "augttn")},
+    "mixing": {s: {"options": {"mixing": "siblings"}} for s in ("ttn", "augttn")},
+    **{f"act-{a}": {s: {"activation": a} for s in TREES} for a in ("gelu", "relu", "identity")},
 }
 
 
@@ -111,7 +114,11 @@ def layer_recipe(cell: Cell, names: list[str]) -> dict:
             has = ", ".join(STRUCTURE_TRIES[v])
             raise ValueError(f"try {v!r} is for {has}, not {cell.structure}")
         for rule in rules:
-            rule.setdefault("options", {}).update(STRUCTURE_TRIES[v][cell.structure])
+            for key, value in STRUCTURE_TRIES[v][cell.structure].items():
+                if key == "options":
+                    rule.setdefault("options", {}).update(value)
+                else:
+                    rule[key] = value
     return {"version": 1, "layers": rules, "limits": {"memory_gb": MEMORY_GB}}
 
 

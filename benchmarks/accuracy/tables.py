@@ -157,9 +157,9 @@ def write_markdown(doc: dict, path: Path) -> None:
         "(linear) are tries beyond the grid's settings: (long) 4x the layer-wise steps and 4x "
         "the distillation epochs (whole model: 3x), (linear) the identity activation between "
         "levels (a multilinear tree); on Fashion-MNIST a row's (name) is the one `distill:` "
-        "setting of cells.TUNING it changes from adntn's defaults, or the structure option of "
+        "setting of cells.TUNING it changes from adntn's defaults, or the structure setting of "
         "cells.STRUCTURE_TRIES it adds to the layer rules ((mixing): `mixing: siblings`, the "
-        "lateral mixing tensors).",
+        "lateral mixing tensors; (act-A): activation A between levels in place of tanh).",
     ]
     keys = sorted(
         {(k[0], k[1]) for k in summary}, key=lambda k: (k[0], list(UNIT_NAMES).index(k[1]))
