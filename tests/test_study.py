@@ -14,6 +14,7 @@ import torch
 import yaml
 
 from adntn_cli.models import build_model
+from adntn_cli.recipe.schema import Distill
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks" / "accuracy"))
 import cells
@@ -173,3 +174,35 @@ def test_an_unreachable_row_names_the_layer_and_the_ratio_it_reaches():
         "unreachable (classifier.4: at most 12,520x)"
     )
     assert tables._unreachable({"reason": "out of memory"}) == "unreachable"
+
+
+def _measured(variant: str, distill: dict, structure: str = "ttn") -> dict:
+    """A fashion row measured as ``variant`` whose schedule resolved to ``distill``."""
+    cell = cells.Cell("alexnet", "fc", 20000, structure, 0, variant)
+    resolved = Distill(**distill).model_dump(mode="json")
+    return {**_row(structure, 0, 0.9), "key": cell.key, "variant": variant, "distill": resolved}
+
+
+def test_relabel_names_each_rows_schedule_again_against_the_present_defaults():
+    import relabel
+
+    old_default = _measured("", {"finetune": {"kd_weight": 1.0}})  # then the default was 1.0
+    new_default = _measured("kd-1", {})  # a try of what is the default now
+    combined = _measured("mixing+lr-1e-3", {"finetune": {"lr": 1e-3, "kd_weight": 1.0}})
+    rows = relabel.relabel([old_default, new_default, combined], "the default kd_weight was 1")
+    assert [r["key"] for r in rows] == [
+        "alexnet/fc/20000/ttn/s0/kd-1",
+        "alexnet/fc/20000/ttn/s0",
+        "alexnet/fc/20000/ttn/s0/mixing+kd-1+lr-1e-3",
+    ]
+    assert rows[0]["relabelled_from"] == {
+        "key": "alexnet/fc/20000/ttn/s0", "why": "the default kd_weight was 1",
+    }  # fmt: skip
+    assert [r["top1"] for r in rows] == [0.9] * 3  # the measured numbers stay
+    again = relabel.relabel(rows, "again")  # named against the same defaults: nothing moves
+    assert [r["relabelled_from"]["why"] for r in again] == ["the default kd_weight was 1"] * 3
+
+    with pytest.raises(ValueError, match="two rows would share a key"):
+        relabel.relabel([old_default, _measured("kd-1", {"finetune": {"kd_weight": 1.0}})], "")
+    with pytest.raises(ValueError, match=r"no 3 settings of cells\.TUNING reproduce"):
+        relabel.relabel([_measured("", {"finetune": {"kd_weight": 0.33}})], "")

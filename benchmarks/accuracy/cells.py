@@ -190,6 +190,8 @@ TUNING: dict[str, dict] = {
     "warmup-0": {"finetune": {"warmup": 0.0}},
     "kd-1": {"finetune": {"kd_weight": 1.0}},
     "kd-0.5": {"finetune": {"kd_weight": 0.5}},
+    "kd-0.25": {"finetune": {"kd_weight": 0.25}},
+    "kd-0.9": {"finetune": {"kd_weight": 0.9}},  # the default before 0.5
     "T-1": {"finetune": {"temperature": 1.0}},
     "T-8": {"finetune": {"temperature": 8.0}},
     "wd-1e-4": {"finetune": {"weight_decay": 1e-4}},
@@ -200,8 +202,8 @@ TUNING: dict[str, dict] = {
     "train-all": {"train": "all"},
     "train-head": {"train": "head"},
     "steps-6000": {"finetune": {"steps": 6000}},
-    # the defaults before 7 passes at lr 3e-3 (what the 3-seed grid was measured with)
-    "old-defaults": {"finetune": {"epochs": 2.0, "lr": 1e-3}},
+    # the defaults before 7 passes at lr 3e-3 and kd_weight 0.5 (the first 3-seed grid's)
+    "old-defaults": {"finetune": {"epochs": 2.0, "lr": 1e-3, "kd_weight": 0.9}},
     "epochs-2": {"finetune": {"epochs": 2.0}},  # the old length at the new lr
     "lr-1e-3": {"finetune": {"lr": 1e-3}},  # the old lr
     # augmentation of the training images (the fashion-mnist source's default is none); it

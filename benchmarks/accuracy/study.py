@@ -22,7 +22,8 @@ accuracy.md is rewritten from the JSON after every cell (``--tables`` rewrites i
 fashion results file records the adntn defaults its cells ran under (``adntn_defaults``: the
 grid's schedule is "no ``distill:`` section"), and the study refuses to add cells to one that
 ran under others, or records none, so a change of the defaults cannot mix two schedules in one
-table: write to another ``--out``, or rerun.
+table: write to another ``--out``, rerun, or name its rows again against the present defaults
+(relabel.py, which keeps what each row measured).
 """
 
 from __future__ import annotations
@@ -228,7 +229,7 @@ def _same_defaults(out: Path, recorded: dict | None, current: dict) -> None:
         changed = [f"{k} {old.get(k)} -> {new.get(k)}" for k in new if old.get(k) != new.get(k)]
         why = "ran under other defaults: " + ", ".join(changed or ["(a removed setting)"])
     raise SystemExit(
-        f"error: {out} {why}; write to another --out, or rerun its rows under these defaults"
+        f"error: {out} {why}; write to another --out, or relabel its rows (relabel.py)"
     )
 
 
