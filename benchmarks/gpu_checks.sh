@@ -9,21 +9,24 @@
 #   3. the generator benchmark (bench_generators.py)
 #   4. the pipeline benchmark (bench_pipeline.py: VGG-16 at 224, batch 128, then channels-last)
 #
-# or, with --fashion, the Fashion-MNIST accuracy study on the GPU (issue 15; results in
-# benchmarks/results/accuracy-fashion-gpu.*, apart from the CPU grid's, whose teacher differs):
+# or, with --fashion, the CLI check (step 1 above) and the Fashion-MNIST accuracy study on the GPU
+# (issue 15; results in benchmarks/results/accuracy-fashion-gpu.*, apart from the CPU grid's,
+# whose teacher differs):
 #
-#   1. the teacher: AlexNet at 224x224 on all 60,000 training images, bf16 autocast
+#   1. `adntn compress` for every structure with bf16, as above
+#   2. the teacher: AlexNet at 224x224 on all 60,000 training images, bf16 autocast
 #      (fashion_teacher.py --device cuda; cached in benchmarks/accuracy/.cache, which a warm
 #      machine keeps between calls)
-#   2. the grid with mera too (study.py --grid fashion --structures ...): every structure at
-#      seed 0 first; it resumes, so a second call continues where the first ran out
+#   3. the grid with mera and augttn too (study.py --grid fashion --structures ... --budgets
+#      20000 77000 2000): every structure at seed 0 first, the budgets of the ADNTN-against-tt
+#      target first; it resumes, so a second call continues where the first ran out
 #
 # The machine has no Fashion-MNIST: copy the IDX files into the git-ignored .data/ and carry it:
 #
 #   mkdir -p .data && cp -r /usr/share/datasets/fashion-mnist .data/    # 30 MB
 #
-# then command `bash benchmarks/gpu_checks.sh --fashion`, carry [".whl", ".data"], timeout_s 560
-# (the budgets add up to 510 s). The teacher is cached on that machine only, and CUDA training
+# then command `bash benchmarks/gpu_checks.sh --fashion`, carry [".whl", ".data"], timeout_s 600
+# (the budgets add up to 520 s, 565 s with each step's 15 s to stop). The teacher is cached on that machine only, and CUDA training
 # is not bitwise repeatable: a call on a fresh machine trains another teacher, and the study
 # then refuses to add its cells to the results file of the first (bring that one back with
 # $OUT, or write to another --out).
@@ -110,6 +113,14 @@ step() {  # step NAME BUDGET_SECONDS COMMAND...: run it under its budget, record
   rc=$?
   [ $rc = 124 ] && echo "== $name ran out of its ${budget}s budget"
   STATUS+=("$name: rc=$rc, $((SECONDS - t0))s")
+  archive
+}
+
+archive() {  # into $OUT after every step, so that a call cut short still brings back its results
+  [ -n "${OUT:-}" ] || return 0  # one archive: the device tool brings back at most 8 files
+  printf '%s\n' "${STATUS[@]}" >"$OUT/status.txt"
+  (cd "$RESULTS" && tar czf "$OUT/results.tgz" --ignore-failed-read compress.* precision*.* \
+    generators.* pipeline.* accuracy-fashion-gpu.* 2>/dev/null)
 }
 
 compress_runs() {  # both every-structure recipes through the CLI, then their rows
@@ -145,15 +156,17 @@ if [ "$FASHION" = 1 ]; then
   GRID=(--grid fashion --device "$DEVICE" --data "$DATA" --out "$RESULTS/accuracy-fashion-gpu.json")
   if [ "$TINY" = 1 ]; then
     export ADNTN_STUDY_CACHE=$WORK/cache  # never the real teacher's cache
+    step compress 240 bash -c "compress_runs 64"
     step fashion-teacher 300 $PY benchmarks/accuracy/fashion_teacher.py --device "$DEVICE" \
       --data "$DATA"
     step fashion-grid 300 $PY benchmarks/accuracy/study.py "${GRID[@]}" --structures ttn mera \
-      --only /2000/ttn/s0
+      --budgets 20000 2000 --only /2000/ttn/s0
   else
-    step fashion-teacher 180 $PY benchmarks/accuracy/fashion_teacher.py --device "$DEVICE" \
+    step compress 90 bash -c "compress_runs 512"
+    step fashion-teacher 160 $PY benchmarks/accuracy/fashion_teacher.py --device "$DEVICE" \
       --data "$DATA"
-    step fashion-grid 330 $PY benchmarks/accuracy/study.py "${GRID[@]}" \
-      --structures ttn tt mera augttn lowrank
+    step fashion-grid 270 $PY benchmarks/accuracy/study.py "${GRID[@]}" \
+      --structures tt mera augttn ttn lowrank --budgets 20000 77000 2000
   fi
 elif [ "$TINY" = 1 ]; then
   step compress 240 bash -c "compress_runs 64"
@@ -175,9 +188,4 @@ fi
 
 echo "== summary"
 printf '%s\n' "${STATUS[@]}" | tee "$WORK/status.txt"
-if [ -n "${OUT:-}" ]; then  # one archive: the device tool brings back at most 8 files
-  cp "$WORK/status.txt" "$OUT/"
-  (cd "$RESULTS" && tar czf "$OUT/results.tgz" --ignore-failed-read compress.* precision*.* \
-    generators.* pipeline.* accuracy-fashion-gpu.* 2>/dev/null)
-fi
 ! printf '%s\n' "${STATUS[@]}" | grep -qv 'rc=0,'

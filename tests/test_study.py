@@ -106,6 +106,18 @@ def test_the_study_runs_a_structure_try_on_its_structures_only_and_refuses_unkno
     assert err.value.code == 2
 
 
+def test_the_fashion_grid_runs_its_budgets_and_structures_in_the_order_given():
+    argv = ["--grid", "fashion", "--structures", "tt", "mera", "--budgets", "77000", "2000"]
+    todo, _ = study._todo(study._args([*argv, "--out", "x.json"]), [])
+    assert [(c.budget, c.structure, c.seed) for c in todo[:4]] == [
+        (77000, "tt", 0), (77000, "mera", 0), (2000, "tt", 0), (2000, "mera", 0)
+    ]  # fmt: skip
+    assert len(todo) == 2 * 2 * len(study.SEEDS)  # 20,000x left out
+    with pytest.raises(SystemExit) as err:
+        study._args(["--grid", "cpu", "--budgets", "2000"])
+    assert err.value.code == 2
+
+
 def test_the_study_refuses_a_results_file_measured_against_another_teacher(tmp_path):
     recorded = {"top1": 0.9126, "top5": 0.9989, "loss": 0.2775, "seconds": 7506.6}
     study._same_teacher(tmp_path / "r.json", recorded, {**recorded, "seconds": 7000.0})

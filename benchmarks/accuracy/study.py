@@ -70,9 +70,12 @@ FASHION_STRUCTURES = ["ttn", "tt", "augttn", "lowrank"]
 PREFIX_STORE = CACHE / "prefix"  # the fashion grid's frozen-prefix store
 
 
-def grid(name: str, structures: list[str] | None = None) -> list[Cell]:
+def grid(
+    name: str, structures: list[str] | None = None, budgets: list[int] | None = None
+) -> list[Cell]:
     """The cells of a grid in priority order, so that a partial run holds what the targets need
-    first (shards split this list).
+    first (shards split this list). The fashion grid takes its structures and budgets in the
+    order given (a GPU run puts the budgets a target names first).
 
     GPU: AlexNet's and VGG-16's FC layers together, alone, and whole VGG-16, every structure.
     CPU (2 cores): augttn and mera materialise a weight of |W| entries at every step (seconds on
@@ -95,7 +98,9 @@ def grid(name: str, structures: list[str] | None = None) -> list[Cell]:
     if name == "fashion":  # every structure at seed 0 first, then the other seeds
         return [
             Cell("alexnet", "fc", b, s, seed)
-            for seed, b, s in itertools.product(SEEDS, BUDGETS, structures or FASHION_STRUCTURES)
+            for seed, b, s in itertools.product(
+                SEEDS, budgets or BUDGETS, structures or FASHION_STRUCTURES
+            )
         ]
     if name == "gpu":
         cells = [*whole("ttn"), *whole("tt")]
@@ -148,6 +153,14 @@ def _args(argv: list[str] | None) -> argparse.Namespace:
         default=None,
         help=f"the fashion grid's structures (default: {' '.join(FASHION_STRUCTURES)})",
     )
+    ap.add_argument(
+        "--budgets",
+        nargs="+",
+        type=int,
+        choices=BUDGETS,
+        default=None,
+        help=f"the fashion grid's budgets, in the order to run them (default: {BUDGETS})",
+    )
     ap.add_argument("--out", type=Path, default=None)
     ap.add_argument("--tables", action="store_true", help="only rewrite the Markdown and plot")
     args = ap.parse_args(argv)
@@ -159,10 +172,11 @@ def _args(argv: list[str] | None) -> argparse.Namespace:
             f"--variant {args.variant!r} (grid {args.grid}): valid: {', '.join(valid)}"
             + (", joined by + (each once)" if fashion else "")
         )
-    if args.structures and not fashion:
-        ap.error("--structures is for --grid fashion (the other grids name their own)")
-    if args.structures:
-        args.structures = list(dict.fromkeys(args.structures))  # each once
+    for option in ("structures", "budgets"):
+        if getattr(args, option) and not fashion:
+            ap.error(f"--{option} is for --grid fashion (the other grids name their own)")
+        if getattr(args, option):
+            setattr(args, option, list(dict.fromkeys(getattr(args, option))))  # each once
     if args.out is None:
         name = "accuracy-fashion.json" if args.grid == "fashion" else "accuracy.json"
         args.out = RESULTS / name
@@ -276,7 +290,7 @@ def _runner(args) -> Runner:
 def _todo(args, rows: list[dict]) -> tuple[list[Cell], set[str]]:
     i, n = (int(v) for v in args.shard.split("/"))
     done = {r["key"] for r in rows}
-    cells = [replace(c, variant=args.variant) for c in grid(args.grid, args.structures)]
+    cells = [replace(c, variant=args.variant) for c in grid(args.grid, args.structures, args.budgets)]
     todo = [c for k, c in enumerate(cells) if k % n == i - 1]
     todo = [c for c in todo if c.key not in done and args.only in c.key]
     todo = [c for c in todo if applies(c.variant, c.structure)]  # a try's structures only
