@@ -290,7 +290,9 @@ def _runner(args) -> Runner:
 def _todo(args, rows: list[dict]) -> tuple[list[Cell], set[str]]:
     i, n = (int(v) for v in args.shard.split("/"))
     done = {r["key"] for r in rows}
-    cells = [replace(c, variant=args.variant) for c in grid(args.grid, args.structures, args.budgets)]
+    cells = [
+        replace(c, variant=args.variant) for c in grid(args.grid, args.structures, args.budgets)
+    ]
     todo = [c for k, c in enumerate(cells) if k % n == i - 1]
     todo = [c for c in todo if c.key not in done and args.only in c.key]
     todo = [c for c in todo if applies(c.variant, c.structure)]  # a try's structures only
