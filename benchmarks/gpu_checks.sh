@@ -95,7 +95,7 @@ if [ -n "${FORCE_WHEELS:-}" ] || ! $PY -c "import pydantic" 2>/dev/null; then
     --target "$SITE" "$WHEELS"/*.whl || exit 2
   export PYTHONPATH=$SITE${PYTHONPATH:+:$PYTHONPATH}
 fi
-if [ -n "${FORCE_WHEELS:-}" ] || ! $PY -c "import adntn_cli" 2>/dev/null; then
+if [ -n "${FORCE_WHEELS:-}" ] || ! (cd / && $PY -c "import adntn_cli") 2>/dev/null; then
   $PY -m pip install -q --no-index --no-deps --no-build-isolation --no-cache-dir \
     --target "$SITE" . >/dev/null 2>&1 || echo "note: adntn not built here; using PYTHONPATH"
   export PYTHONPATH=$SITE:$PWD${PYTHONPATH:+:$PYTHONPATH}
