@@ -7,6 +7,7 @@ import dataclasses
 import pytest
 
 from adntn_cli.tn import StructureSpec, TNGenerator
+from adntn_cli.tn.errors import TNConfigError
 from adntn_cli.tn.search import bond_dim_for_ratio
 from adntn_cli.tn.structures import get_structure
 
@@ -72,3 +73,35 @@ def test_the_fill_keeps_mera_under_its_caps_and_every_bond_under_max_bond():
     assert all(c <= cap for c, cap in zip(filled.bond_dim, caps, strict=True))
     ttn = bond_dim_for_ratio(StructureSpec("ttn"), shape, 1.5, max_bond=16)
     assert max([ttn.bond_dim] if isinstance(ttn.bond_dim, int) else ttn.bond_dim) <= 16
+
+
+FC7 = (4096, 4096)  # AlexNet's FC7: augttn at legs of 4 reaches at most 12,520x
+
+
+@pytest.mark.parametrize("structure", ["augttn", "mera"])
+def test_a_ratio_out_of_reach_at_the_default_legs_is_reached_with_smaller_legs(structure):
+    chosen = bond_dim_for_ratio(StructureSpec(structure), FC7, 20000)
+    assert chosen.options["leg_dim"] in (2, 3)
+    gen = TNGenerator(chosen, FC7, device="meta")
+    assert gen.num_params <= gen.dense_params / 20000
+    assert gen.structure.max_leg_dim(chosen) == chosen.options["leg_dim"]
+    within = bond_dim_for_ratio(StructureSpec(structure), FC7, 2000)  # reachable: legs kept
+    assert "leg_dim" not in within.options
+
+
+def test_legs_the_user_chose_are_kept_and_the_error_says_what_they_reach():
+    pinned = StructureSpec("augttn", options={"leg_dim": 4})
+    with pytest.raises(TNConfigError, match=r"has 1340 parameters.*at most 12,520 here$"):
+        bond_dim_for_ratio(pinned, FC7, 20000)
+    factors = StructureSpec("augttn", factors=((4,) * 6, (4,) * 6))  # legs of 4x4: big ones
+    with pytest.raises(TNConfigError, match=r"generator has 131174 parameters.*at most 128 here$"):
+        bond_dim_for_ratio(factors, FC7, 20000)
+
+
+def test_a_ratio_out_of_reach_at_every_leg_size_names_the_smallest_legs_and_their_most():
+    with pytest.raises(TNConfigError) as err:
+        bond_dim_for_ratio(StructureSpec("augttn"), FC7, 77000)
+    assert str(err.value) == (
+        "augttn cannot reach 77000x on 4096x4096: its smallest generator (options.leg_dim 3) has "
+        "248 parameters, the budget is 218; target_ratio can be at most 67,650 here"
+    )
