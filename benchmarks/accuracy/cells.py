@@ -189,9 +189,9 @@ TUNING: dict[str, dict] = {
     "lr-3e-4": {"finetune": {"lr": 3e-4}},
     "warmup-0": {"finetune": {"warmup": 0.0}},
     "kd-1": {"finetune": {"kd_weight": 1.0}},
-    "kd-0.5": {"finetune": {"kd_weight": 0.5}},
+    "kd-0.5": {"finetune": {"kd_weight": 0.5}},  # the default before 0.25
     "kd-0.25": {"finetune": {"kd_weight": 0.25}},
-    "kd-0.9": {"finetune": {"kd_weight": 0.9}},  # the default before 0.5
+    "kd-0.9": {"finetune": {"kd_weight": 0.9}},  # the default before 0.5 and 0.25
     "T-1": {"finetune": {"temperature": 1.0}},
     "T-8": {"finetune": {"temperature": 8.0}},
     "wd-1e-4": {"finetune": {"weight_decay": 1e-4}},
