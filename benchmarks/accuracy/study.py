@@ -78,8 +78,10 @@ def grid(
     order given (a GPU run puts the budgets a target names first).
 
     GPU: AlexNet's and VGG-16's FC layers together, alone, and whole VGG-16, every structure.
-    CPU (2 cores): augttn and mera materialise a weight of |W| entries at every step (seconds on
-    a CPU for FC6), so they come after the contract-schedule structures: AlexNet's FC layers
+    CPU (2 cores): augttn and mera cost several times ttn's step (on the digits grid's shapes
+    they materialised a weight of |W| entries at every step; on Fashion-MNIST's AlexNet they
+    contract, 2.1x ttn's median time for augttn at 20,000x, 9x for mera), so they come after the
+    lighter structures: AlexNet's FC layers
     together with ttn, tt and lowrank; whole VGG-16 with ttn; AlexNet's FC7 alone with every
     structure; AlexNet's FC layers together with augttn and mera; FC6 alone; VGG-16's FC layers
     together with ttn, tt and lowrank; whole VGG-16 with tt.
