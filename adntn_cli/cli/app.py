@@ -27,9 +27,19 @@ app = typer.Typer(
     rich_markup_mode="rich",
     context_settings={"help_option_names": ["--help", "-h"]},  # commands inherit it
 )
+
+
+def _width(stream: Any) -> int | None:
+    """A terminal's own width; a pipe or log file gets the COLUMNS its user set, or 160."""
+    if stream.isatty():
+        return None
+    columns = os.environ.get("COLUMNS", "")
+    return int(columns) if columns.isdigit() and int(columns) > 0 else 160
+
+
 # emoji=False: a ":cat:" in a path or data spec prints as typed, not as an emoji.
-out = Console(width=None if sys.stdout.isatty() else 160, emoji=False)
-err = Console(stderr=True, width=None if sys.stderr.isatty() else 160, emoji=False)
+out = Console(width=_width(sys.stdout), emoji=False)
+err = Console(stderr=True, width=_width(sys.stderr), emoji=False)
 STATE = {"debug": False}
 F = TypeVar("F", bound=Callable[..., Any])
 

@@ -94,6 +94,9 @@ TREES = ("ttn", "augttn", "mera")
 STRUCTURE_TRIES: dict[str, dict[str, dict]] = {
     "mixing": {s: {"options": {"mixing": "siblings"}} for s in ("ttn", "augttn")},
     **{f"act-{a}": {s: {"activation": a} for s in TREES} for a in ("gelu", "relu", "identity")},
+    # the number of physical legs (adntn picks legs near 10: 8 on AlexNet's FC layers); 12 gives
+    # the tree 4 levels over 2x2 leaves, 6 gives it 3 levels over 4x4 leaves
+    **{f"legs-{n}": {s: {"n_legs": n} for s in ("ttn", "tt")} for n in (6, 12)},
 }
 
 
@@ -191,6 +194,7 @@ TUNING: dict[str, dict] = {
     "kd-1": {"finetune": {"kd_weight": 1.0}},
     "kd-0.5": {"finetune": {"kd_weight": 0.5}},  # the default before 0.25
     "kd-0.25": {"finetune": {"kd_weight": 0.25}},
+    "kd-0.1": {"finetune": {"kd_weight": 0.1}},
     "kd-0.9": {"finetune": {"kd_weight": 0.9}},  # the default before 0.5 and 0.25
     "T-1": {"finetune": {"temperature": 1.0}},
     "T-8": {"finetune": {"temperature": 8.0}},

@@ -97,6 +97,25 @@ def test_plan_in_a_narrow_terminal_drops_columns_instead_of_cutting_names(monkey
     assert "not shown here: type," in result.output and "(--json)" in result.output
 
 
+class _Pipe:
+    def isatty(self) -> bool:
+        return False
+
+
+class _Terminal:
+    def isatty(self) -> bool:
+        return True
+
+
+@pytest.mark.parametrize(("columns", "width"), [("80", 80), ("", 160), ("wide", 160), ("0", 160)])
+def test_a_piped_log_is_as_wide_as_the_columns_its_user_set(monkeypatch, columns, width):
+    from adntn_cli.cli.app import _width
+
+    monkeypatch.setenv("COLUMNS", columns)
+    assert _width(_Pipe()) == width
+    assert _width(_Terminal()) is None  # a terminal: rich asks it
+
+
 def test_plan_says_how_many_distillation_steps_a_run_takes(tmp_path):
     recipe = tmp_path / "r.yaml"
     recipe.write_text(
