@@ -218,3 +218,15 @@ def test_relabel_names_each_rows_schedule_again_against_the_present_defaults():
         relabel.relabel([old_default, _measured("kd-1", {"finetune": {"kd_weight": 1.0}})], "")
     with pytest.raises(ValueError, match=r"no 3 settings of cells\.TUNING reproduce"):
         relabel.relabel([_measured("", {"finetune": {"kd_weight": 0.33}})], "")
+
+
+def test_a_results_file_made_by_several_commands_says_so():
+    import tables
+
+    last = "python benchmarks/accuracy/study.py --only /77000/"
+    one = {"command": last, "rows": [{**_row("ttn", 0, 0.9), "command": last}]}
+    assert tables._commands_line(one) == f"Command: `{last}`"
+    first = {**_row("tt", 0, 0.9), "command": "python benchmarks/accuracy/study.py"}
+    two = {**one, "rows": [*one["rows"], first]}
+    assert tables._commands_line(two).startswith("Made by 2 commands (each row's is its")
+    assert tables._commands_line(two).endswith(f"the last: `{last}`")

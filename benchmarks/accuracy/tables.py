@@ -112,13 +112,25 @@ _DATA_TEXT = {
 }
 
 
+def _commands_line(doc: dict) -> str:
+    """The command that made the file, or, when its rows came from several, how many and the
+    last (every row keeps its own in the JSON's ``command``)."""
+    commands = {r.get("command", doc["command"]) for r in doc["rows"]} | {doc["command"]}
+    if len(commands) == 1:
+        return f"Command: `{doc['command']}`"
+    return (
+        f"Made by {len(commands)} commands (each row's is its `command` in the JSON); "
+        f"the last: `{doc['command']}`"
+    )
+
+
 def write_markdown(doc: dict, path: Path) -> None:
     rows = doc["rows"]
     summary = summarise(rows)
     lines = [
         "# Accuracy study: ADNTN structures against TT and low-rank",
         "",
-        f"Command: `{doc['command']}` (grid `{doc['grid']}`, device `{doc['device']}`"
+        f"{_commands_line(doc)} (grid `{doc['grid']}`, device `{doc['device']}`"
         f" {doc.get('device_name', '')}, {doc.get('threads', '?')} threads, torch {doc['torch']}).",
         f"Distillation schedule of every cell: `{doc['schedule']}`.",
         "",
