@@ -193,10 +193,10 @@ TUNING: dict[str, dict] = {
     "warmup-0": {"finetune": {"warmup": 0.0}},
     "kd-1": {"finetune": {"kd_weight": 1.0}},
     "kd-0.5": {"finetune": {"kd_weight": 0.5}},  # the default before 0.25
-    "kd-0.25": {"finetune": {"kd_weight": 0.25}},
+    "kd-0.25": {"finetune": {"kd_weight": 0.25}},  # the default before 0.1
     "kd-0.1": {"finetune": {"kd_weight": 0.1}},
     "kd-0": {"finetune": {"kd_weight": 0.0}},  # the labels alone: no distillation term
-    "kd-0.9": {"finetune": {"kd_weight": 0.9}},  # the default before 0.5 and 0.25
+    "kd-0.9": {"finetune": {"kd_weight": 0.9}},  # the default before 0.5, 0.25 and 0.1
     "T-1": {"finetune": {"temperature": 1.0}},
     "T-8": {"finetune": {"temperature": 8.0}},
     "wd-1e-4": {"finetune": {"weight_decay": 1e-4}},
