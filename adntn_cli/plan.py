@@ -7,6 +7,7 @@ swaps them in only when every one of them was built, so a bad layer leaves the m
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -15,6 +16,7 @@ import torch
 from torch import nn
 
 from .errors import RecipeError
+from .featuremaps import linear_input_maps
 from .layers import GeneratedModule, from_module
 from .models import ModelSource, compressible_layers, inspect_model, set_submodule
 from .recipe import Candidate, Recipe, select_layers
@@ -36,6 +38,7 @@ __all__ = [
 ]
 
 BASELINES = ("tt", "lowrank")
+DEFAULT_INPUT_LEGS = "flat"  # recipe key input_legs: map or flat (docs/recipes.md)
 SPEC_FIELDS = ("structure", "bond_dim", "activation", "output_activation", "n_legs", "options")
 
 
@@ -163,13 +166,17 @@ def plan(
     chosen = select_layers(
         recipe.layers, [Candidate(n, type(m).__name__) for n, m in layers], source
     )
+    fields_of = {n: _merge(recipe.defaults, recipe.layers[i]) for n, i in chosen.items()}
+    maps = _input_maps(model, recipe, modules, fields_of)
     out = []
     for name, rule_index in chosen.items():
         module = modules[name]
         where = f"{source}: layers[{rule_index}] ({name})"
-        fields = _merge(recipe.defaults, recipe.layers[rule_index])
+        fields = fields_of[name]
         try:
             spec, target = _spec(fields)
+            if name in maps:
+                spec = dataclasses.replace(spec, in_map=maps[name])
             shape = tuple(_weights(module)[0].shape)
             if target is not None:  # attention: in_proj's bonds serve out_proj too, uniform
                 fill = not isinstance(module, nn.MultiheadAttention)
@@ -180,6 +187,24 @@ def plan(
             raise RecipeError(f"{where}: {err}") from None
         out.append(_layer_plan(name, module, spec, batch, memory_budget, where))
     return Plan(out, _totals(model, out), memory_budget, source)
+
+
+def _input_maps(
+    model: nn.Module,
+    recipe: Recipe,
+    modules: Mapping[str, nn.Module],
+    fields_of: Mapping[str, Mapping[str, Any]],
+) -> dict[str, tuple[int, int, int]]:
+    """The feature maps of the chosen Linear layers whose legs follow their map (``input_legs:
+    map``, explicit ``factors`` aside): one shape probe of the model, only where one is wanted."""
+    wanted = [
+        n
+        for n, f in fields_of.items()
+        if type(modules[n]) is nn.Linear
+        and f.get("input_legs", DEFAULT_INPUT_LEGS) == "map"
+        and "factors" not in f
+    ]
+    return linear_input_maps(model, recipe.model.input_size, wanted) if wanted else {}
 
 
 def plan_from_specs(

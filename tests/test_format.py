@@ -139,3 +139,19 @@ def test_damaged_layer_specs_are_named(tmp_path, layers, message):
     save_file(load_file(str(path)), str(bad), metadata=meta)
     with pytest.raises(AdntnError, match=message):
         load_compressed(bad)
+
+
+def test_map_legs_are_stored_as_factors_and_rebuild_without_the_probe(tmp_path):
+    rule = {"select": "classifier.0", "structure": "ttn", "bond_dim": 3, "input_legs": "map"}
+    recipe = parse_recipe({"version": 1, "model": {"input_size": 32}, "layers": [rule]})
+    torch.manual_seed(0)
+    model = build_model("demo_vgg", 10).eval()
+    p = compress_(model, recipe)
+    path = tmp_path / "m.safetensors"
+    save_compressed(model, path, arch="demo_vgg", num_classes=10, recipe=resolved_recipe(recipe, p))
+    (spec,) = layer_specs(model)["classifier.0"].values()
+    assert spec.factors[1][-2:] == (4, 4) and spec.in_map is None  # the map's rows, columns
+    loaded = load_compressed(path)
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(x), model(x))

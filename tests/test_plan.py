@@ -114,3 +114,32 @@ def test_a_failing_replacement_leaves_the_model_untouched():
     after = model.state_dict()
     assert before.keys() == after.keys()
     assert all(torch.equal(before[k], after[k]) for k in before)
+
+
+def test_input_legs_map_follows_the_feature_map_fc6_reads():
+    from adntn_cli.models import demo_vgg  # classifier.0 reads a 128 x 4 x 4 map at 32x32
+
+    def legs(**rule):
+        r = recipe({"select": "classifier.0", "bond_dim": 3, **rule}, model={"input_size": 32})
+        (lp,) = plan(demo_vgg(), r).layers
+        return lp.record.legs, lp.spec
+
+    mapped, spec = legs(input_legs="map")
+    assert spec.in_map == (128, 4, 4)
+    assert [i for _, i in mapped][-2:] == [4, 4]
+    flat, spec = legs(input_legs="flat")
+    assert spec.in_map is None and flat != mapped
+    assert legs()[0] == flat  # the default, for now
+    explicit, spec = legs(input_legs="map", factors={"out": [32, 32], "in": [64, 32]})
+    assert spec.in_map is None and explicit == [[32, 64], [32, 32]]  # explicit factors win
+
+
+def test_input_legs_is_validated_and_written_to_the_resolved_recipe():
+    from adntn_cli.models import demo_vgg
+    from adntn_cli.resolved import resolved_recipe
+
+    with pytest.raises(Exception, match="input_legs"):
+        recipe({"select": "classifier.0", "input_legs": "rows"})
+    r = recipe({"select": "classifier.0", "input_legs": "map"}, model={"input_size": 32})
+    out = resolved_recipe(r, plan(demo_vgg(), r))
+    assert out["layers"][0]["input_legs"] == "map"

@@ -79,6 +79,11 @@ class StructureFields(_Strict):
     output_activation: Activation | None = None
     factors: Factors | None = None
     n_legs: int | None = Field(default=None, ge=2)
+    input_legs: Literal["map", "flat"] | None = Field(
+        default=None,
+        description="a Linear that reads a flattened C x H x W map (FC6): map keeps C, H and W "
+        "apart in its legs (H and W the last), flat factors C*H*W as one number",
+    )
     options: dict[str, Any] = Field(default_factory=dict)
 
     @field_validator("bond_dim", "activation")

@@ -10,6 +10,16 @@ projections ``(3E, E)`` and ``(E, E)``. ``O = o_1...o_n`` and ``I = i_1...i_n`` 
 A size whose prime factors are too large is padded up to the next smooth number; the generator makes
 the padded weight and the extra rows and columns are sliced off. The conv kernel ``kh*kw`` is one
 more factor (never padded).
+
+A Linear that reads a flattened ``C x H x W`` feature map (AlexNet's and VGG's FC6) may be given
+that map (``in_map``): its input index is then ``c*H*W + h*W + w``, and the legs keep that
+structure. The channel factors go to the first legs; ``H`` and ``W`` are the input factors of the
+last two legs, the least significant digits, as a conv's kernel is::
+
+    W[o, (c, h, w)]  ->  T[(o_1 c_1), ..., (o_m c_m), (o_h h), (o_w w)]
+
+Without it the input size is factored as one number, and on FC6 (9216 = 256 * 6 * 6) the leading
+digits mix channel groups with rows of the map.
 """
 
 from __future__ import annotations
@@ -207,6 +217,40 @@ def _explicit(
     return Tensorization(shape, in_sizes, out_pad, in_padded[: len(in_sizes)], legs)
 
 
+def _map_legs(
+    out_size: int, in_map: Sequence[int], n_legs: int | None, target: int
+) -> list[list[int]]:
+    """Legs ``[o, i]`` for a Linear reading a flattened ``(C, H, W)`` map: channel factors on the
+    first legs, ``H`` then ``W`` the input factors of the last two (a side of 1 has no leg),
+    output factors balanced over all of them (each to the leg of smallest dimension)."""
+    channels, *sides = (int(s) for s in in_map)
+    spatial = [s for s in sides if s > 1]
+    items_o = prime_factors(out_size)
+    items_c = prime_factors(channels)
+    total = out_size * channels * math.prod(spatial)
+    n = n_legs or round(math.log(max(total, 2)) / math.log(target))
+    n = max(len(spatial) + 1, min(n, len(spatial) + len(items_o) + len(items_c)))
+    m = n - len(spatial)  # channel legs
+    legs = [[1, 1] for _ in range(m)] + [[1, s] for s in spatial]
+    for size in sorted(items_c, reverse=True):
+        min(legs[:m], key=lambda leg: leg[0] * leg[1])[1] *= size
+    for size in sorted(items_o, reverse=True):
+        min(legs, key=lambda leg: leg[0] * leg[1])[0] *= size
+    head = sorted(legs[:m], key=lambda leg: leg[0] / leg[1])  # input-heavy first, as below
+    return head + legs[m:]
+
+
+def _map_applies(shape: tuple[int, ...], in_map: Sequence[int], max_leg_dim: int | None) -> bool:
+    """Whether the map's legs are used: a Linear whose input is the map, no size to pad (the
+    generated weight is then the flat one, no rows or columns to slice), legs not packed."""
+    if len(shape) != 2 or len(in_map) != 3 or max_leg_dim is not None:
+        return False
+    if math.prod(in_map) != shape[1] or math.prod(in_map[1:]) == 1:
+        return False
+    smooth = lambda n: next_smooth(n, DEFAULT_MAX_PRIME) == n  # noqa: E731
+    return smooth(shape[0]) and smooth(in_map[0])
+
+
 def tensorize(
     weight_shape: Sequence[int],
     *,
@@ -214,6 +258,7 @@ def tensorize(
     target_leg_dim: int = DEFAULT_TARGET_LEG_DIM,
     n_legs: int | None = None,
     factors: tuple[Sequence[int], Sequence[int]] | None = None,
+    in_map: Sequence[int] | None = None,
 ) -> Tensorization:
     """Choose physical legs for a weight of ``weight_shape`` ((O, I) or (O, C, kh, kw)).
 
@@ -222,12 +267,17 @@ def tensorize(
     ``max_leg_dim`` every leg is packed to at most that dimension instead (structures whose
     disentanglers touch the physical legs need small legs). Explicit: ``factors=(out, in)``, with
     ``prod(out) >= O`` and, for a conv, ``in`` factoring ``C_pad * kh * kw``;
-    1s pad the shorter list.
+    1s pad the shorter list. ``in_map=(C, H, W)`` (a Linear reading a flattened map, ``C H W =
+    I``): the legs keep the map's structure (see the module docstring) where no size needs padding
+    and the legs are not packed (``max_leg_dim``); otherwise it is ignored.
     """
     shape, out_size, in_sizes, kernel = _sizes(weight_shape)
     channels = in_sizes[0]
     if factors is not None:
         return _explicit(shape, out_size, in_sizes, kernel, factors)
+    if in_map is not None and _map_applies(shape, in_map, max_leg_dim):
+        legs = _map_legs(out_size, in_map, n_legs, target_leg_dim)
+        return Tensorization(shape, in_sizes, out_size, in_sizes, tuple(map(tuple, legs)))
 
     max_prime = DEFAULT_MAX_PRIME
     if max_leg_dim is not None:

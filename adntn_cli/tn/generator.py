@@ -187,6 +187,7 @@ class TNGenerator(nn.Module):
             activation=s.activation or ("tanh" if self.structure.nonlinear else "identity"),
             factors=(tuple(o for o, _ in legs), tuple(i for _, i in legs)),
             n_legs=None,
+            in_map=None,
             options={**self.structure.options, **s.options},
         )
 

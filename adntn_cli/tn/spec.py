@@ -19,6 +19,8 @@ class StructureSpec:
     first); ``activation=None`` takes the structure's default (tanh for the ADNTN structures, the
     identity for the baselines). ``factors=(out, in)`` fixes the physical legs, ``n_legs`` their
     number; ``options`` holds structure-specific settings (e.g. ``disentangler: separable``).
+    ``in_map=(C, H, W)``: the weight is a Linear's that reads a flattened ``C x H x W`` map, and
+    the automatic legs keep that structure (factorize.py).
     """
 
     structure: str
@@ -28,6 +30,7 @@ class StructureSpec:
     factors: tuple[Sequence[int], Sequence[int]] | None = None
     n_legs: int | None = None
     options: Mapping[str, Any] = field(default_factory=dict)
+    in_map: tuple[int, int, int] | None = None
 
 
 def per_level(value: Any, n: int, what: str, structure: str) -> list:

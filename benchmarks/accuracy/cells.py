@@ -97,6 +97,9 @@ STRUCTURE_TRIES: dict[str, dict[str, dict]] = {
     # the number of physical legs (adntn picks legs near 10: 8 on AlexNet's FC layers); 12 gives
     # the tree 4 levels over 2x2 leaves, 6 gives it 3 levels over 4x4 leaves
     **{f"legs-{n}": {s: {"n_legs": n} for s in ("ttn", "tt")} for n in (6, 12)},
+    # FC6's legs follow the 256 x 6 x 6 map it reads (input_legs: map; FC7 reads a vector and
+    # keeps its legs): channel digits first, the map's rows and columns as the last two legs
+    "map-legs": {s: {"input_legs": "map"} for s in ("ttn", "tt")},
 }
 
 

@@ -62,3 +62,51 @@ def test_primes_and_smooth_numbers():
     assert prime_factors(25088) == [2] * 9 + [7, 7]
     assert next_smooth(97, 7) == 98
     assert next_smooth(25088, 3) == 26244
+
+
+def _digits(index: int, radices) -> list[int]:
+    """``index`` in the mixed radix ``radices`` (most significant first)."""
+    out = []
+    for r in reversed(radices):
+        index, d = divmod(index, r)
+        out.append(d)
+    return out[::-1]
+
+
+@pytest.mark.parametrize("in_map", [(256, 6, 6), (512, 7, 7), (64, 3, 5), (32, 1, 4)])
+def test_map_legs_keep_channels_rows_and_columns_apart(in_map):
+    c, h, w = in_map
+    tz = tensorize((4096, c * h * w), in_map=in_map)
+    ins = [i for _, i in tz.legs]
+    assert tz.in_padded == (c * h * w,) and not tz.is_padded
+    sides = [s for s in (h, w) if s > 1]
+    assert ins[len(ins) - len(sides) :] == sides  # the map's sides are the last input digits
+    assert math.prod(ins[: len(ins) - len(sides)]) == c
+    for flat in (0, 1, c * h * w - 1, (c // 2) * h * w + (h - 1) * w + w // 2):  # c*HW + h*W + w
+        ch, rest = divmod(flat, h * w)
+        digits = _digits(flat, ins)
+        assert digits[len(ins) - len(sides) :] == [d for d, s in zip(divmod(rest, w), (h, w))
+                                                   if s > 1]  # fmt: skip
+        assert _digits(ch, ins[: len(ins) - len(sides)]) == digits[: len(ins) - len(sides)]
+
+
+def test_map_legs_balance_like_the_flat_ones():
+    flat = tensorize((4096, 9216))
+    mapped = tensorize((4096, 9216), in_map=(256, 6, 6))
+    assert sorted(mapped.leg_dims) == sorted(flat.leg_dims)  # the same budget, other digits
+    assert mapped.legs[-2:] == ((2, 6), (2, 6))
+    assert tensorize((4096, 9216), in_map=(256, 6, 6), n_legs=10).n_legs == 10
+
+
+@pytest.mark.parametrize(
+    ("shape", "in_map", "kw"),
+    [
+        ((4096, 13 * 36), (13, 6, 6), {}),  # 13 channels would need padding
+        ((4096, 9216), (256, 6, 6), {"max_leg_dim": 4}),  # packed legs (augttn, mera)
+        ((4096, 256), (256, 1, 1), {}),  # a 1x1 map is a vector
+        ((4096, 9216), (256, 3, 3), {}),  # not this Linear's input
+        ((97, 9216), (256, 6, 6), {}),  # 97 rows would need padding
+    ],
+)
+def test_map_is_ignored_where_it_cannot_apply(shape, in_map, kw):
+    assert tensorize(shape, in_map=in_map, **kw) == tensorize(shape, **kw)

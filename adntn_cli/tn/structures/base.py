@@ -134,6 +134,7 @@ class Structure(ABC):
             max_leg_dim=self.max_leg_dim(spec),
             n_legs=spec.n_legs,
             factors=spec.factors,
+            in_map=spec.in_map,
         )
 
     def option(self, spec: StructureSpec, key: str) -> Any:
