@@ -44,9 +44,9 @@ def linear_input_maps(
         shape = seen["map"]
         x = inputs[0] if inputs else None
         flat = isinstance(x, torch.Tensor) and x.dim() == 2
-        if shape and flat and math.prod(shape) == module.in_features and shape[1] * shape[2] > 1:
-            if wanted is None or name in wanted:
-                found[name] = shape
+        fits = bool(shape) and flat and math.prod(shape) == module.in_features
+        if fits and shape[1] * shape[2] > 1 and (wanted is None or name in wanted):
+            found[name] = shape
         seen["map"] = None  # a Linear in between: the next one reads its output, not the map
 
     hooks = []

@@ -85,8 +85,8 @@ def test_map_legs_keep_channels_rows_and_columns_apart(in_map):
     for flat in (0, 1, c * h * w - 1, (c // 2) * h * w + (h - 1) * w + w // 2):  # c*HW + h*W + w
         ch, rest = divmod(flat, h * w)
         digits = _digits(flat, ins)
-        assert digits[len(ins) - len(sides) :] == [d for d, s in zip(divmod(rest, w), (h, w))
-                                                   if s > 1]  # fmt: skip
+        row_col = [d for d, s in zip(divmod(rest, w), (h, w), strict=True) if s > 1]
+        assert digits[len(ins) - len(sides) :] == row_col
         assert _digits(ch, ins[: len(ins) - len(sides)]) == digits[: len(ins) - len(sides)]
 
 
