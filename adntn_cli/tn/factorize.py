@@ -240,15 +240,39 @@ def _map_legs(
     return head + legs[m:]
 
 
+def _packed_map_legs(out_size: int, in_map: Sequence[int], capacity: int) -> list[list[int]]:
+    """Legs of dimension ``<= capacity`` for a Linear reading a flattened ``(C, H, W)`` map
+    (augttn, mera): the prime factors of ``H``, then of ``W``, are the input factors of the last
+    legs, each joined by the output factors that fit beside it; the rest is packed as usual."""
+    channels, *sides = (int(s) for s in in_map)
+    spatial = [[1, p] for side in sides for p in sorted(prime_factors(side), reverse=True)]
+    outs = sorted(prime_factors(out_size))
+    for leg in spatial:
+        while outs and leg[0] * leg[1] * outs[0] <= capacity:
+            leg[0] *= outs.pop(0)
+    items = [(p, "o") for p in outs] + [(p, "i") for p in prime_factors(channels)]
+    head = _pack(items, capacity) if items else []
+    if 2 * sum(1 for o, i in head if o == 1 or i == 1) > len(head):  # mostly one-sided
+        head = _interleave(head)
+    else:
+        head.sort(key=lambda leg: leg[0] / leg[1])
+    return head + spatial
+
+
 def _map_applies(shape: tuple[int, ...], in_map: Sequence[int], max_leg_dim: int | None) -> bool:
-    """Whether the map's legs are used: a Linear whose input is the map, no size to pad (the
-    generated weight is then the flat one, no rows or columns to slice), legs not packed."""
-    if len(shape) != 2 or len(in_map) != 3 or max_leg_dim is not None:
+    """Whether the map's legs are used: a Linear whose input is the map, and no size to pad (the
+    generated weight is then the flat one, no rows or columns to slice); with packed legs, every
+    prime factor of the map's sides fits a leg."""
+    if len(shape) != 2 or len(in_map) != 3:
         return False
     if math.prod(in_map) != shape[1] or math.prod(in_map[1:]) == 1:
         return False
-    smooth = lambda n: next_smooth(n, DEFAULT_MAX_PRIME) == n  # noqa: E731
-    return smooth(shape[0]) and smooth(in_map[0])
+    max_prime = DEFAULT_MAX_PRIME
+    if max_leg_dim is not None:
+        max_prime = max(p for p in range(2, max_leg_dim + 1) if prime_factors(p) == [p])
+        if max(prime_factors(in_map[1] * in_map[2])) > max_leg_dim:
+            return False
+    return all(next_smooth(n, max_prime) == n for n in (shape[0], in_map[0]))
 
 
 def tensorize(
@@ -269,20 +293,23 @@ def tensorize(
     ``prod(out) >= O`` and, for a conv, ``in`` factoring ``C_pad * kh * kw``;
     1s pad the shorter list. ``in_map=(C, H, W)`` (a Linear reading a flattened map, ``C H W =
     I``): the legs keep the map's structure (see the module docstring) where no size needs padding
-    and the legs are not packed (``max_leg_dim``); otherwise it is ignored.
+    (packed legs: the sides' prime factors, each a leg); otherwise it is ignored.
     """
     shape, out_size, in_sizes, kernel = _sizes(weight_shape)
     channels = in_sizes[0]
     if factors is not None:
         return _explicit(shape, out_size, in_sizes, kernel, factors)
+    if max_leg_dim is not None and max_leg_dim < 2:
+        raise TNConfigError(f"max_leg_dim must be at least 2, got {max_leg_dim}")
     if in_map is not None and _map_applies(shape, in_map, max_leg_dim):
-        legs = _map_legs(out_size, in_map, n_legs, target_leg_dim)
+        if max_leg_dim is None:
+            legs = _map_legs(out_size, in_map, n_legs, target_leg_dim)
+        else:
+            legs = _packed_map_legs(out_size, in_map, max_leg_dim)
         return Tensorization(shape, in_sizes, out_size, in_sizes, tuple(map(tuple, legs)))
 
     max_prime = DEFAULT_MAX_PRIME
     if max_leg_dim is not None:
-        if max_leg_dim < 2:
-            raise TNConfigError(f"max_leg_dim must be at least 2, got {max_leg_dim}")
         max_prime = max(p for p in range(2, max_leg_dim + 1) if prime_factors(p) == [p])
     out_pad = next_smooth(out_size, max_prime)
     chan_pad = next_smooth(channels, max_prime)

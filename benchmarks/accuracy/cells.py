@@ -99,7 +99,7 @@ STRUCTURE_TRIES: dict[str, dict[str, dict]] = {
     **{f"legs-{n}": {s: {"n_legs": n} for s in ("ttn", "tt")} for n in (6, 12)},
     # FC6's legs follow the 256 x 6 x 6 map it reads (input_legs: map; FC7 reads a vector and
     # keeps its legs): channel digits first, the map's rows and columns as the last two legs
-    "map-legs": {s: {"input_legs": "map"} for s in ("ttn", "tt")},
+    "map-legs": {s: {"input_legs": "map"} for s in ("ttn", "tt", "augttn", "mera")},
 }
 
 

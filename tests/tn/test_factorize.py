@@ -102,7 +102,7 @@ def test_map_legs_balance_like_the_flat_ones():
     ("shape", "in_map", "kw"),
     [
         ((4096, 13 * 36), (13, 6, 6), {}),  # 13 channels would need padding
-        ((4096, 9216), (256, 6, 6), {"max_leg_dim": 4}),  # packed legs (augttn, mera)
+        ((4096, 25088), (512, 7, 7), {"max_leg_dim": 4}),  # a side of 7 in legs of <= 4
         ((4096, 256), (256, 1, 1), {}),  # a 1x1 map is a vector
         ((4096, 9216), (256, 3, 3), {}),  # not this Linear's input
         ((97, 9216), (256, 6, 6), {}),  # 97 rows would need padding
@@ -110,3 +110,15 @@ def test_map_legs_balance_like_the_flat_ones():
 )
 def test_map_is_ignored_where_it_cannot_apply(shape, in_map, kw):
     assert tensorize(shape, in_map=in_map, **kw) == tensorize(shape, **kw)
+
+
+@pytest.mark.parametrize(("in_map", "cap"), [((256, 6, 6), 4), ((256, 6, 6), 3), ((64, 4, 2), 2)])
+def test_packed_map_legs_end_with_the_sides_prime_factors(in_map, cap):
+    c, h, w = in_map
+    tz = tensorize((4096, c * h * w), in_map=in_map, max_leg_dim=cap)
+    assert max(tz.leg_dims) <= cap and not tz.is_padded
+    sides = sorted(prime_factors(h), reverse=True) + sorted(prime_factors(w), reverse=True)
+    ins = [i for _, i in tz.legs]
+    assert ins[-len(sides) :] == sides
+    assert math.prod(ins[: -len(sides)]) == c
+    assert math.prod(o for o, _ in tz.legs) == 4096
