@@ -140,6 +140,10 @@ def test_the_study_refuses_a_results_file_measured_under_other_adntn_defaults(tm
     changed = f"finetune.lr {lr / 4} -> {lr}, finetune_length.epochs {epochs + 1} -> {epochs};"
     with pytest.raises(SystemExit, match=re.escape(changed)):
         study._meta(args, [])
+    legs = "map" if current["input_legs"] == "flat" else "flat"  # FC6's legs, a layer default
+    study.save_rows(out, {"defaults": {**current, "input_legs": legs}}, [{"key": "a"}])
+    with pytest.raises(SystemExit, match=f"input_legs {legs} -> {current['input_legs']}"):
+        study._meta(args, [])
     study.save_rows(out, {}, [{"key": "a"}])
     with pytest.raises(SystemExit, match="records no defaults"):
         study._meta(args, [])

@@ -40,6 +40,7 @@ from pathlib import Path
 
 import torch
 
+from adntn_cli.plan import DEFAULT_INPUT_LEGS
 from adntn_cli.recipe.schema import DEFAULT_EPOCHS, MAX_STEPS, MIN_STEPS, Distill
 from adntn_cli.runtime import cpu_has_native_bf16
 
@@ -215,9 +216,14 @@ def _meta(args: argparse.Namespace, argv: list[str] | None) -> dict:
 
 def adntn_defaults() -> dict:
     """What a recipe with no ``distill:`` section runs with (the fashion grid's schedule): the
-    schema's defaults and the default end-to-end length (passes, clamped to a step range)."""
+    schema's defaults, the default end-to-end length (passes, clamped to a step range), and the
+    default legs of a Linear that reads a feature map (``input_legs``)."""
     length = {"epochs": DEFAULT_EPOCHS, "min_steps": MIN_STEPS, "max_steps": MAX_STEPS}
-    return {"distill": Distill().model_dump(mode="json"), "finetune_length": length}
+    return {
+        "distill": Distill().model_dump(mode="json"),
+        "finetune_length": length,
+        "input_legs": DEFAULT_INPUT_LEGS,  # FC6's legs (a layer setting, not a distill: one)
+    }
 
 
 def _defaults_line() -> str:
