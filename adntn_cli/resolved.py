@@ -34,7 +34,7 @@ def layer_entry(layer: str, s: Any) -> dict[str, Any]:
         entry["factors"] = {"out": list(s.factors[0]), "in": list(s.factors[1])}
     if s.n_legs is not None:
         entry["n_legs"] = s.n_legs
-    if getattr(s, "in_map", None) is not None:
+    if s.in_map is not None:
         entry["input_legs"] = "map"
     if s.options:
         entry["options"] = dict(s.options)

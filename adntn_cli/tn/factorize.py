@@ -149,6 +149,25 @@ def _pack(items: Sequence[tuple[int, str]], capacity: int) -> list[list[int]]:
     return legs
 
 
+def _max_prime(max_leg_dim: int | None) -> int:
+    """The largest prime a leg may hold: ``DEFAULT_MAX_PRIME``, or the largest prime
+    ``<= max_leg_dim`` for packed legs."""
+    if max_leg_dim is None:
+        return DEFAULT_MAX_PRIME
+    return max(p for p in range(2, max_leg_dim + 1) if prime_factors(p) == [p])
+
+
+def _leg_count(total: int, n_legs: int | None, target: int) -> int:
+    """``n_legs``, else the count that makes legs of dimension near ``target`` over ``total``
+    entries (before clamping to the items there are)."""
+    return n_legs or round(math.log(max(total, 2)) / math.log(target))
+
+
+def _one_sided(legs: Sequence[Sequence[int]]) -> bool:
+    """Whether most packed legs carry only output or only input factors (``_interleave``)."""
+    return 2 * sum(1 for leg in legs if leg[0] == 1 or leg[1] == 1) > len(legs)
+
+
 def _interleave(legs: list[list[int]]) -> list[list[int]]:
     """Alternate output-heavy and input-heavy legs (balanced ones after).
 
@@ -228,8 +247,10 @@ def _map_legs(
     items_o = prime_factors(out_size)
     items_c = prime_factors(channels)
     total = out_size * channels * math.prod(spatial)
-    n = n_legs or round(math.log(max(total, 2)) / math.log(target))
-    n = max(len(spatial) + 1, min(n, len(spatial) + len(items_o) + len(items_c)))
+    n = max(
+        len(spatial) + 1,
+        min(_leg_count(total, n_legs, target), len(spatial) + len(items_o) + len(items_c)),
+    )
     m = n - len(spatial)  # channel legs
     legs = [[1, 1] for _ in range(m)] + [[1, s] for s in spatial]
     for size in sorted(items_c, reverse=True):
@@ -252,7 +273,7 @@ def _packed_map_legs(out_size: int, in_map: Sequence[int], capacity: int) -> lis
             leg[0] *= outs.pop(0)
     items = [(p, "o") for p in outs] + [(p, "i") for p in prime_factors(channels)]
     head = _pack(items, capacity) if items else []
-    if 2 * sum(1 for o, i in head if o == 1 or i == 1) > len(head):  # mostly one-sided
+    if _one_sided(head):
         head = _interleave(head)
     else:
         head.sort(key=lambda leg: leg[0] / leg[1])
@@ -267,12 +288,9 @@ def _map_applies(shape: tuple[int, ...], in_map: Sequence[int], max_leg_dim: int
         return False
     if math.prod(in_map) != shape[1] or math.prod(in_map[1:]) == 1:
         return False
-    max_prime = DEFAULT_MAX_PRIME
-    if max_leg_dim is not None:
-        max_prime = max(p for p in range(2, max_leg_dim + 1) if prime_factors(p) == [p])
-        if max(prime_factors(in_map[1] * in_map[2])) > max_leg_dim:
-            return False
-    return all(next_smooth(n, max_prime) == n for n in (shape[0], in_map[0]))
+    if max_leg_dim is not None and max(prime_factors(in_map[1] * in_map[2])) > max_leg_dim:
+        return False
+    return all(next_smooth(n, _max_prime(max_leg_dim)) == n for n in (shape[0], in_map[0]))
 
 
 def tensorize(
@@ -308,9 +326,7 @@ def tensorize(
             legs = _packed_map_legs(out_size, in_map, max_leg_dim)
         return Tensorization(shape, in_sizes, out_size, in_sizes, tuple(map(tuple, legs)))
 
-    max_prime = DEFAULT_MAX_PRIME
-    if max_leg_dim is not None:
-        max_prime = max(p for p in range(2, max_leg_dim + 1) if prime_factors(p) == [p])
+    max_prime = _max_prime(max_leg_dim)
     out_pad = next_smooth(out_size, max_prime)
     chan_pad = next_smooth(channels, max_prime)
     items = [(p, "o") for p in prime_factors(out_pad)] + [(p, "i") for p in prime_factors(chan_pad)]
@@ -330,14 +346,14 @@ def tensorize(
 
     if max_leg_dim is not None:
         legs = [[*leg, 0] for leg in _pack(items, max_leg_dim)]
-        if 2 * sum(1 for o, i, _ in legs if o == 1 or i == 1) > len(legs):  # mostly one-sided
+        if _one_sided(legs):
             legs = _interleave(legs)
             in_padded = (chan_pad, kernel) if len(shape) == 4 else (chan_pad,)
             pairs = tuple((o, i) for o, i, _ in legs)
             return Tensorization(shape, in_sizes, out_pad, in_padded, pairs)
     else:
         total = out_pad * chan_pad * kernel
-        n = n_legs or round(math.log(max(total, 2)) / math.log(target_leg_dim))
+        n = _leg_count(total, n_legs, target_leg_dim)
         n = max(2, min(n, len(items))) if len(items) >= 2 else 1
         legs = _distribute(items, n)
     # Input-heavy legs first: the left half of a tree then holds most of I and the right half most
