@@ -100,12 +100,25 @@ STRUCTURE_TRIES: dict[str, dict[str, dict]] = {
     # FC6's legs follow the 256 x 6 x 6 map it reads (input_legs: map; FC7 reads a vector and
     # keeps its legs): channel digits first, the map's rows and columns as the last two legs
     "map-legs": {s: {"input_legs": "map"} for s in ("ttn", "tt", "augttn", "mera")},
+    # the tree's bonds root-heavy at the 20,000x budget, given per layer in place of the target
+    # (adntn's fill gives FC6 [7, 6, 6] and FC7 [5, 5, 4], root first): a root bond twice as
+    # large (the rank across the middle cut: tt's middle bond is 6) for smaller lower bonds
+    "root-bonds": {
+        "ttn": {"bond_dim": {20000: {"classifier.1": [14, 5, 5], "classifier.4": [12, 4, 3]}}}
+    },
 }
 
 
-def applies(variant: str, structure: str) -> bool:
-    """Whether every structure try in ``variant`` (tries joined by +) has ``structure``."""
-    return all(structure in STRUCTURE_TRIES.get(v, (structure,)) for v in variant.split("+"))
+def applies(variant: str, structure: str, budget: int | None = None) -> bool:
+    """Whether every structure try in ``variant`` (tries joined by +) has ``structure`` and,
+    for a try that gives bonds per budget, ``budget`` (when given)."""
+    for v in variant.split("+"):
+        fields = STRUCTURE_TRIES.get(v, {structure: {}}).get(structure)
+        if fields is None:
+            return False
+        if budget is not None and budget not in fields.get("bond_dim", [budget]):
+            return False
+    return True
 
 
 def layer_recipe(cell: Cell, names: list[str]) -> dict:
@@ -123,6 +136,11 @@ def layer_recipe(cell: Cell, names: list[str]) -> dict:
             for key, value in STRUCTURE_TRIES[v][cell.structure].items():
                 if key == "options":
                     rule.setdefault("options", {}).update(value)
+                elif key == "bond_dim":  # per budget and layer, in place of the target
+                    if cell.budget not in value:
+                        raise ValueError(f"try {v!r} has bonds for {list(value)}x only")
+                    rule.pop("target_ratio")
+                    rule[key] = value[cell.budget][rule["select"]]
                 else:
                     rule[key] = value
     return {"version": 1, "layers": rules, "limits": {"memory_gb": MEMORY_GB}}
@@ -214,6 +232,8 @@ TUNING: dict[str, dict] = {
     "old-defaults": {"finetune": {"epochs": 2.0, "lr": 1e-3, "kd_weight": 0.9}},
     "epochs-2": {"finetune": {"epochs": 2.0}},  # the old length at the new lr
     "lr-1e-3": {"finetune": {"lr": 1e-3}},  # the old lr
+    "lr-1e-2": {"finetune": {"lr": 1e-2}},
+    "epochs-14": {"finetune": {"epochs": 14.0}},  # twice the default length
     # augmentation of the training images (the fashion-mnist source's default is none); it
     # turns the prefix cache off, so these cells run the convolutions at every step
     "augment-flip": {"data": {"augment": "flip"}},

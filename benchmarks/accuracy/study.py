@@ -303,7 +303,7 @@ def _todo(args, rows: list[dict]) -> tuple[list[Cell], set[str]]:
     ]
     todo = [c for k, c in enumerate(cells) if k % n == i - 1]
     todo = [c for c in todo if c.key not in done and args.only in c.key]
-    todo = [c for c in todo if applies(c.variant, c.structure)]  # a try's structures only
+    todo = [c for c in todo if applies(c.variant, c.structure, c.budget)]  # a try's cells only
     # an unreachable budget needs one row, not one per seed
     unreachable = {_group(r) for r in rows if r["status"] == "unreachable"}
     return [c for c in todo if c.group not in unreachable], unreachable
