@@ -100,11 +100,28 @@ STRUCTURE_TRIES: dict[str, dict[str, dict]] = {
     # FC6's legs follow the 256 x 6 x 6 map it reads (input_legs: map; FC7 reads a vector and
     # keeps its legs): channel digits first, the map's rows and columns as the last two legs
     "map-legs": {s: {"input_legs": "map"} for s in ("ttn", "tt", "augttn", "mera")},
-    # the tree's bonds root-heavy at the 20,000x budget, given per layer in place of the target
-    # (adntn's fill gives FC6 [7, 6, 6] and FC7 [5, 5, 4], root first): a root bond twice as
-    # large (the rank across the middle cut: tt's middle bond is 6) for smaller lower bonds
+    # the tree's bonds root-heavy, given per budget and layer in place of the target (adntn's
+    # fill gives FC6 [7, 6, 6] and FC7 [5, 5, 4] at 20,000x, [6, 3, 3] and [2, 2, 2] at 77,000x,
+    # root first): a root bond about twice as large (the rank across the middle cut: tt's middle
+    # bond is 6 at 20,000x) for smaller lower bonds; at 77,000x FC6's root at its cap (9: the
+    # 3 x 3 bonds below it), and FC7 as adntn has it (a larger root leaves bonds of 1 below)
     "root-bonds": {
-        "ttn": {"bond_dim": {20000: {"classifier.1": [14, 5, 5], "classifier.4": [12, 4, 3]}}}
+        "ttn": {
+            "bond_dim": {
+                20000: {"classifier.1": [14, 5, 5], "classifier.4": [12, 4, 3]},
+                77000: {"classifier.1": [9, 3, 2], "classifier.4": [2, 2, 2]},
+            }
+        }
+    },
+    # the chain's counterpart: FC6's middle bond (the same cut as the tree's root) raised from 6
+    # to 14, the others lowered to fit; FC7 keeps adntn's bonds, as a middle bond above 4 there
+    # leaves its neighbours at 2 (the chain pays d * chi * M for it on each side)
+    "mid-bonds": {
+        "tt": {
+            "bond_dim": {
+                20000: {"classifier.1": [3, 5, 5, 14, 5, 5, 3], "classifier.4": [3, 3, 4, 4, 3, 3]}
+            }
+        }
     },
 }
 
