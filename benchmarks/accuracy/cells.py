@@ -101,13 +101,15 @@ STRUCTURE_TRIES: dict[str, dict[str, dict]] = {
     # keeps its legs): channel digits first, the map's rows and columns as the last two legs
     "map-legs": {s: {"input_legs": "map"} for s in ("ttn", "tt", "augttn", "mera")},
     # the tree's bonds root-heavy, given per budget and layer in place of the target (adntn's
-    # fill gives FC6 [7, 6, 6] and FC7 [5, 5, 4] at 20,000x, [6, 3, 3] and [2, 2, 2] at 77,000x,
-    # root first): a root bond about twice as large (the rank across the middle cut: tt's middle
-    # bond is 6 at 20,000x) for smaller lower bonds; at 77,000x FC6's root at its cap (9: the
-    # 3 x 3 bonds below it), and FC7 as adntn has it (a larger root leaves bonds of 1 below)
+    # fill gives FC6 [18, 18, 18] and FC7 [13, 12, 13] at 2,000x, [7, 6, 6] and [5, 5, 4] at
+    # 20,000x, [6, 3, 3] and [2, 2, 2] at 77,000x, root first): a root bond about twice the
+    # level below it (the rank across the middle cut: tt's middle bond is 6 at 20,000x) for
+    # smaller lower bonds; at 77,000x FC6's root at its cap (9: the 3 x 3 bonds below it), and
+    # FC7 as adntn has it (a larger root leaves bonds of 1 below)
     "root-bonds": {
         "ttn": {
             "bond_dim": {
+                2000: {"classifier.1": [31, 14, 12], "classifier.4": [20, 10, 13]},
                 20000: {"classifier.1": [14, 5, 5], "classifier.4": [12, 4, 3]},
                 77000: {"classifier.1": [9, 3, 2], "classifier.4": [2, 2, 2]},
             }

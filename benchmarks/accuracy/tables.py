@@ -172,8 +172,9 @@ def write_markdown(doc: dict, path: Path) -> None:
         "setting of cells.TUNING it changes from adntn's defaults, or the structure setting of "
         "cells.STRUCTURE_TRIES it adds to the layer rules ((mixing): `mixing: siblings`, the "
         "lateral mixing tensors; (act-A): activation A between levels in place of tanh; "
-        "(legs-N): `n_legs: N` physical legs; (map-legs): `input_legs: map`; (root-bonds): "
-        "root-heavy bonds given per layer in place of the target).",
+        "(legs-N): `n_legs: N` physical legs; (map-legs): `input_legs: map`; (root-bonds), "
+        "(mid-bonds): the tree's root bond or the chain's middle bond raised, the others lowered, "
+        "given per layer in place of the target).",
     ]
     keys = sorted(
         {(k[0], k[1]) for k in summary}, key=lambda k: (k[0], list(UNIT_NAMES).index(k[1]))
