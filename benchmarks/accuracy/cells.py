@@ -101,7 +101,7 @@ STRUCTURE_TRIES: dict[str, dict[str, dict]] = {
     # keeps its legs): channel digits first, the map's rows and columns as the last two legs
     "map-legs": {s: {"input_legs": "map"} for s in ("ttn", "tt", "augttn", "mera")},
     # the tree's bonds root-heavy, given per budget and layer in place of the target (adntn's
-    # fill gives FC6 [18, 18, 18] and FC7 [13, 12, 13] at 2,000x, [7, 6, 6] and [5, 5, 4] at
+    # fill gives FC6 [18, 18, 12] and FC7 [13, 12, 13] at 2,000x, [7, 6, 6] and [5, 5, 4] at
     # 20,000x, [6, 3, 3] and [2, 2, 2] at 77,000x, root first): a root bond about twice the
     # level below it (the rank across the middle cut: tt's middle bond is 6 at 20,000x) for
     # smaller lower bonds; at 77,000x FC6's root at its cap (9: the 3 x 3 bonds below it), and
