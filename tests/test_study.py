@@ -106,6 +106,8 @@ def test_a_bond_try_gives_each_layer_its_bonds_in_place_of_the_target_at_its_bud
     ]  # fmt: skip
     with pytest.raises(ValueError, match=r"'mid-bonds' has bonds for \[20000\]x only"):
         cells.cell_recipe(cells.Cell("alexnet", "fc", 2000, "tt", 0, "mid-bonds"), None)
+    with pytest.raises(ValueError, match=r"bonds for classifier\.1, classifier\.4 only"):
+        cells.cell_recipe(cells.Cell("vgg16_bn", "fc", 20000, "ttn", 0, "root-bonds"), None)
     assert cells.applies("mid-bonds", "tt", 20000) and cells.applies("mid-bonds", "tt")
     assert not cells.applies("mid-bonds", "tt", 2000) and not cells.applies("mid-bonds", "ttn")
     todo, _ = study._todo(study._args(["--grid", "fashion", "--variant", "mid-bonds"]), [])

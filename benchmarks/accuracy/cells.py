@@ -135,7 +135,8 @@ def applies(variant: str, structure: str, budget: int | None = None) -> bool:
         fields = STRUCTURE_TRIES.get(v, {structure: {}}).get(structure)
         if fields is None:
             return False
-        if budget is not None and budget not in fields.get("bond_dim", [budget]):
+        bonds = fields.get("bond_dim")
+        if budget is not None and bonds is not None and budget not in bonds:
             return False
     return True
 
@@ -158,8 +159,11 @@ def layer_recipe(cell: Cell, names: list[str]) -> dict:
                 elif key == "bond_dim":  # per budget and layer, in place of the target
                     if cell.budget not in value:
                         raise ValueError(f"try {v!r} has bonds for {list(value)}x only")
+                    layers = value[cell.budget]
+                    if rule["select"] not in layers:
+                        raise ValueError(f"try {v!r} has bonds for {', '.join(layers)} only")
                     rule.pop("target_ratio")
-                    rule[key] = value[cell.budget][rule["select"]]
+                    rule[key] = layers[rule["select"]]
                 else:
                     rule[key] = value
     return {"version": 1, "layers": rules, "limits": {"memory_gb": MEMORY_GB}}
