@@ -106,7 +106,7 @@ def _spy(monkeypatch) -> collections.Counter:
 
 def test_every_executor_branch_runs_under_autocast_in_float32(monkeypatch):
     seen = _spy(monkeypatch)
-    for name in ("augttn-full", "tt", "ttn"):
+    for name in ("augttn-full", "augttn-separable", "tt", "ttn"):
         layer = _linear(name)
         with BF16.autocast():
             y = layer(torch.randn(16, 512))

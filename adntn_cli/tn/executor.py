@@ -1,8 +1,8 @@
 """Running a contraction path with the big tensors kept in one canonical index order.
 
 opt_einsum chooses which pairs to contract; this module decides how. Every intermediate is laid
-out in the program's canonical order (physical legs in leg order, bonds after), so the common
-patterns need no permutation of a large tensor:
+out in the program's canonical order (physical legs, leg by leg or in blocks, then bonds), so the
+common patterns need no permutation of a large tensor:
 
 - a *local operator*: a small core ``U[e..., d...]`` acting on a contiguous run ``d...`` of a big
   tensor ``T[l..., d..., r...]`` and putting its other indices in the same place:

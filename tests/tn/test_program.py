@@ -1,5 +1,7 @@
 """The compiled program: merging, costs, the memory budget and the two execution schedules."""
 
+import itertools
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -141,3 +143,26 @@ def test_schedule_choice_follows_the_cost_model():
     assert gen.choose_schedule(100_000) == "materialise"
     cached = gen.schedules(4096, weight_cached=True)
     assert cached["materialise"].macs == 4096 * 128 * 128
+
+
+def _blocks_moved(gen) -> int:
+    """How many blocks of axes the weight's final copy into (o..., i...) moves: runs of axes that
+    stay together (a copy of few blocks is a few fast passes; one of many small legs is slow)."""
+    perm = gen.program.steps[-1].final_perm
+    return 1 + sum(b != a + 1 for a, b in itertools.pairwise(perm))
+
+
+@pytest.mark.parametrize(
+    "structure,legs,blocks",
+    [
+        ("ttn", 12, 4),  # [O_L, I_L, O_R, I_R]
+        ("ttn", 13, 4),
+        ("augttn", 12, 6),  # the disentangler across the root split: a block of its own
+        ("augttn", 13, 6),
+        ("augttn", 5, 4),  # no disentangler straddles the split (3 | 2 legs)
+    ],
+)
+def test_a_tree_forms_its_weight_in_a_few_blocks(structure, legs, blocks):
+    shape = (2**legs, 2**legs)
+    gen = make(structure, shape, bond_dim=2, factors=([2] * legs, [2] * legs), device="meta")
+    assert _blocks_moved(gen) == blocks

@@ -43,9 +43,9 @@ from ..factorize import Tensorization
 from ..program import Network
 from ..spec import StructureSpec
 from .base import Builder, Structure, register_structure
-from .ttn import TreeMixin
+from .ttn import TreeMixin, root_split
 
-__all__ = ["AugTTN", "boundary_pairs"]
+__all__ = ["AugTTN", "boundary_pairs", "straddling_pair"]
 
 FORMS = ("full", "separable")
 
@@ -53,6 +53,35 @@ FORMS = ("full", "separable")
 def boundary_pairs(n_legs: int) -> list[tuple[int, int]]:
     """Leg pairs straddling the first pairing boundaries: (1, 2), (3, 4), ..."""
     return [(k, k + 1) for k in range(1, n_legs - 1, 2)]
+
+
+def straddling_pair(n_legs: int) -> tuple[int, int] | None:
+    """The boundary pair across the root's split (the tree's halves hold legs ``[0, split)`` and
+    ``[split, n)``): the one disentangler that meets the whole weight. None where none does."""
+    split = root_split(n_legs)
+    return (split - 1, split) if (split - 1, split) in boundary_pairs(n_legs) else None
+
+
+def order_legs(b: Builder, form: str) -> None:
+    """Lay the weight out in blocks (``Builder.order_legs``): each half of the tree, with the
+    straddling pair's two legs as a block between them, so that the root's product is formed as
+    ``[O_L, I_L, (pair), O_R, I_R]`` and its disentangler runs there as a local operator.
+
+    A full disentangler's inputs (the pair's legs before it, ``o_a~ i_a~ o_b~ i_b~``) are ranked
+    leg by leg, the order in which the product of the two halves leaves them; its outputs are
+    ranked ``o_a o_b i_a i_b``, so the weight's final copy into ``(o..., i...)`` moves 6 blocks.
+    """
+    n = b.tz.n_legs
+    pair = straddling_pair(n)
+    split = root_split(n)
+    if pair is None:
+        b.order_legs([range(split), range(split, n)])
+        return
+    b.order_legs([range(split - 1), pair, range(split + 1, n)])
+    if form == "full":
+        copies = [name for k in pair for name in b.leg(k, "~")]  # o_a~ i_a~ o_b~ i_b~
+        slots = sorted(b.rank[name.rstrip("~")] for name in copies)
+        b.rank.update(zip(copies, slots, strict=True))
 
 
 @register_structure("augttn")
@@ -80,6 +109,7 @@ class AugTTN(TreeMixin, Structure):
         form = self.form(spec)
         b = Builder(tz)
         pairs = boundary_pairs(tz.n_legs)
+        order_legs(b, form)
         touched = {k for p in pairs for k in p}
         leaves = [b.leg(k, "~") if k in touched else b.leg(k) for k in range(tz.n_legs)]
         left, right = self.tree(b, spec, leaves)

@@ -64,8 +64,29 @@ class Builder:
         names = []
         for p, size in (("o", o), ("i", i)):
             if p in part and (size > 1 or (o == 1 and i == 1 and p == "o")):
-                names.append(self.index(f"{p}{k}{suffix}", size, 2 * k + (p == "i")))
+                rank = None if suffix else 2 * k + (p == "i")  # a copy sorts where its leg does
+                names.append(self.index(f"{p}{k}{suffix}", size, rank))
         return tuple(names)
+
+    def order_legs(self, blocks: Sequence[Sequence[int]]) -> None:
+        """Lay the physical legs out block by block, each block's output factors before its input
+        factors (``o0 o1 i0 i1 | o2 o3 i2 i3``), in place of leg by leg (``o0 i0 o1 i1 ...``).
+
+        Intermediates follow this order (executor.py), so the weight's final copy into
+        ``(o..., i...)`` moves a few large blocks instead of every small leg: a tree whose halves
+        are the blocks forms its weight already as ``[O_L, I_L, O_R, I_R]``, and that copy has
+        4 axes, not 2 per leg. Call before any renamed copy of a leg is declared.
+        """
+        legs = [k for block in blocks for k in block]
+        if sorted(legs) != list(range(self.tz.n_legs)):
+            raise AssertionError(f"blocks {blocks} do not cover legs 0..{self.tz.n_legs - 1} once")
+        position = 0
+        for block in blocks:
+            for part in ("o", "i"):
+                for k in block:
+                    for name in self.leg(k, part=part):
+                        self.rank[name] = position
+                        position += 1
 
     def index(self, name: str, size: int, rank: float | None = None) -> str:
         """Declare an index; a renamed copy (``name~``, ``name^2``) sorts where its base does."""

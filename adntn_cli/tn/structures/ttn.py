@@ -40,7 +40,7 @@ from ..program import Network, Operand
 from ..spec import StructureSpec
 from .base import Builder, Structure, register_structure
 
-__all__ = ["TTN", "Subtree", "build_tree", "tree_levels"]
+__all__ = ["TTN", "Subtree", "build_tree", "root_split", "tree_levels"]
 
 
 @dataclass(frozen=True)
@@ -59,6 +59,15 @@ def tree_levels(n_legs: int) -> int:
         paired = [max(heights[j], heights[j + 1]) + 1 for j in range(0, len(heights) - 1, 2)]
         heights = paired + heights[len(paired) * 2 :]
     return max(heights) + 1
+
+
+def root_split(n_legs: int) -> int:
+    """How many of ``n_legs`` leaves ``build_tree`` puts under the root's left subtree."""
+    counts = [1] * n_legs
+    while len(counts) > 2:
+        paired = [counts[j] + counts[j + 1] for j in range(0, len(counts) - 1, 2)]
+        counts = paired + counts[len(paired) * 2 :]
+    return counts[0]
 
 
 def build_tree(
@@ -138,6 +147,8 @@ class TTN(TreeMixin, Structure):
 
     def build(self, tz: Tensorization, spec: StructureSpec) -> Network:
         b = Builder(tz)
+        split = root_split(tz.n_legs)
+        b.order_legs([range(split), range(split, tz.n_legs)])  # W forms as [O_L, I_L, O_R, I_R]
         left, right = self.tree(b, spec, [b.leg(k) for k in range(tz.n_legs)])
         root = b.core("root", (left.bond, right.bond))
         b.step("w", [left.op, right.op, root], b.w_out + b.w_in, spec.output_activation, "root")
