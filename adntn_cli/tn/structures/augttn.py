@@ -62,7 +62,7 @@ def straddling_pair(n_legs: int) -> tuple[int, int] | None:
     return (split - 1, split) if (split - 1, split) in boundary_pairs(n_legs) else None
 
 
-def order_legs(b: Builder, form: str) -> None:
+def lay_out_legs(b: Builder, form: str) -> None:
     """Lay the weight out in blocks (``Builder.order_legs``): each half of the tree, with the
     straddling pair's two legs as a block between them, so that the root's product is formed as
     ``[O_L, I_L, (pair), O_R, I_R]`` and its disentangler runs there as a local operator.
@@ -109,7 +109,7 @@ class AugTTN(TreeMixin, Structure):
         form = self.form(spec)
         b = Builder(tz)
         pairs = boundary_pairs(tz.n_legs)
-        order_legs(b, form)
+        lay_out_legs(b, form)
         touched = {k for p in pairs for k in p}
         leaves = [b.leg(k, "~") if k in touched else b.leg(k) for k in range(tz.n_legs)]
         left, right = self.tree(b, spec, leaves)
