@@ -100,6 +100,20 @@ STRUCTURE_TRIES: dict[str, dict[str, dict]] = {
     # FC6's legs follow the 256 x 6 x 6 map it reads (input_legs: map; FC7 reads a vector and
     # keeps its legs): channel digits first, the map's rows and columns as the last two legs
     "map-legs": {s: {"input_legs": "map"} for s in ("ttn", "tt", "augttn", "mera")},
+    # augttn's disentanglers in their separable form, U^o on a pair's output factors and U^i on
+    # its input factors: (o_a o_b)^2 + (i_a i_b)^2 parameters in place of (d_a d_b)^2. At
+    # 20,000x the full ones are 1,424 of FC6's 1,881 parameters; separable ones on legs of at
+    # most 4 are 236 of 1,870 (FC6, bonds [8, 6, 5, 4]) and 160 of 833 (FC7, [6, 4, 4, 3]).
+    # (The separable form's own legs, up to 16, would give them 1,296 and 672.)
+    "sep-dis": {"augttn": {"options": {"disentangler": "separable", "leg_dim": 4}}},
+    # the same with the tree's root about twice the level below it, as root-bonds (below) does
+    # for ttn: FC6 [14, 5, 4, 4] and FC7 [12, 4, 3, 3] in place of [8, 6, 5, 4] and [6, 4, 4, 3]
+    "sep-root": {
+        "augttn": {
+            "options": {"disentangler": "separable", "leg_dim": 4},
+            "bond_dim": {20000: {"classifier.1": [14, 5, 4, 4], "classifier.4": [12, 4, 3, 3]}},
+        }
+    },
     # the tree's bonds root-heavy, given per budget and layer in place of the target (adntn's
     # fill gives FC6 [18, 18, 12] and FC7 [13, 12, 13] at 2,000x, [7, 6, 6] and [5, 5, 4] at
     # 20,000x, [6, 3, 3] and [2, 2, 2] at 77,000x, root first): a root bond about twice the

@@ -174,7 +174,8 @@ def write_markdown(doc: dict, path: Path) -> None:
         "lateral mixing tensors; (act-A): activation A between levels in place of tanh; "
         "(legs-N): `n_legs: N` physical legs; (map-legs): `input_legs: map`; (root-bonds), "
         "(mid-bonds): the tree's root bond or the chain's middle bond raised, the others lowered, "
-        "given per layer in place of the target).",
+        "given per layer in place of the target; (sep-dis): augttn's disentanglers separable, "
+        "on legs of at most 4; (sep-root): the same with a root-heavy tree).",
     ]
     keys = sorted(
         {(k[0], k[1]) for k in summary}, key=lambda k: (k[0], list(UNIT_NAMES).index(k[1]))

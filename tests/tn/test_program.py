@@ -157,9 +157,9 @@ def _blocks_moved(gen) -> int:
     [
         ("ttn", 12, 4),  # [O_L, I_L, O_R, I_R]
         ("ttn", 13, 4),
-        ("augttn", 12, 6),  # the disentangler across the root split: a block of its own
-        ("augttn", 13, 6),
-        ("augttn", 5, 4),  # no disentangler straddles the split (3 | 2 legs)
+        ("augttn", 12, 14),  # legs 0 and 11 alone, 5 disentangler pairs: 2 blocks each (not 24)
+        ("augttn", 13, 14),  # leg 0 alone, 6 pairs
+        ("augttn", 5, 6),
     ],
 )
 def test_a_tree_forms_its_weight_in_a_few_blocks(structure, legs, blocks):

@@ -43,9 +43,9 @@ from ..factorize import Tensorization
 from ..program import Network
 from ..spec import StructureSpec
 from .base import Builder, Structure, register_structure
-from .ttn import TreeMixin, root_split
+from .ttn import TreeMixin
 
-__all__ = ["AugTTN", "boundary_pairs", "straddling_pair"]
+__all__ = ["AugTTN", "boundary_pairs"]
 
 FORMS = ("full", "separable")
 
@@ -55,30 +55,26 @@ def boundary_pairs(n_legs: int) -> list[tuple[int, int]]:
     return [(k, k + 1) for k in range(1, n_legs - 1, 2)]
 
 
-def straddling_pair(n_legs: int) -> tuple[int, int] | None:
-    """The boundary pair across the root's split (the tree's halves hold legs ``[0, split)`` and
-    ``[split, n)``): the one disentangler that meets the whole weight. None where none does."""
-    split = root_split(n_legs)
-    return (split - 1, split) if (split - 1, split) in boundary_pairs(n_legs) else None
+def lay_out_legs(b: Builder, form: str, pairs: list[tuple[int, int]]) -> None:
+    """Lay the weight out in blocks (``Builder.order_legs``): each disentangler's pair of legs is
+    a block, ``o_a o_b i_a i_b``, and every other leg one of its own.
 
-
-def lay_out_legs(b: Builder, form: str) -> None:
-    """Lay the weight out in blocks (``Builder.order_legs``): each half of the tree, with the
-    straddling pair's two legs as a block between them, so that the root's product is formed as
-    ``[O_L, I_L, (pair), O_R, I_R]`` and its disentangler runs there as a local operator.
-
-    A full disentangler's inputs (the pair's legs before it, ``o_a~ i_a~ o_b~ i_b~``) are ranked
-    leg by leg, the order in which the product of the two halves leaves them; its outputs are
-    ranked ``o_a o_b i_a i_b``, so the weight's final copy into ``(o..., i...)`` moves 6 blocks.
+    A disentangler then finds its four indices together, on a half of the tree or, for the one
+    straddling the root's split, on the whole weight, and runs as a local operator; the
+    weight's final copy into ``(o..., i...)`` moves 2 blocks per pair, not 2 axes per leg. A full
+    disentangler's inputs (the pair's legs before it, ``o_a~ i_a~ o_b~ i_b~``) are ranked leg by
+    leg in the block's places: the order in which the tree's leaves leave them.
     """
-    n = b.tz.n_legs
-    pair = straddling_pair(n)
-    split = root_split(n)
-    if pair is None:
-        b.order_legs([range(split), range(split, n)])
+    starts = {a: (a, c) for a, c in pairs}
+    blocks: list[tuple[int, ...]] = []
+    k = 0
+    while k < b.tz.n_legs:
+        blocks.append(starts.get(k, (k,)))
+        k += len(blocks[-1])
+    b.order_legs(blocks)
+    if form != "full":
         return
-    b.order_legs([range(split - 1), pair, range(split + 1, n)])
-    if form == "full":
+    for pair in pairs:
         copies = [name for k in pair for name in b.leg(k, "~")]  # o_a~ i_a~ o_b~ i_b~
         slots = sorted(b.rank[name.rstrip("~")] for name in copies)
         b.rank.update(zip(copies, slots, strict=True))
@@ -109,7 +105,7 @@ class AugTTN(TreeMixin, Structure):
         form = self.form(spec)
         b = Builder(tz)
         pairs = boundary_pairs(tz.n_legs)
-        lay_out_legs(b, form)
+        lay_out_legs(b, form, pairs)
         touched = {k for p in pairs for k in p}
         leaves = [b.leg(k, "~") if k in touched else b.leg(k) for k in range(tz.n_legs)]
         left, right = self.tree(b, spec, leaves)
