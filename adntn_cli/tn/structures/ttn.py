@@ -30,6 +30,7 @@ Parameters (``N`` legs, uniform ``chi``, no clamping): ``sum_k d_k chi + (N-2) c
 
 from __future__ import annotations
 
+import operator
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar
@@ -40,7 +41,7 @@ from ..program import Network, Operand
 from ..spec import StructureSpec
 from .base import Builder, Structure, register_structure
 
-__all__ = ["TTN", "Subtree", "build_tree", "root_split", "tree_levels"]
+__all__ = ["TTN", "Subtree", "build_tree", "tree_levels"]
 
 
 @dataclass(frozen=True)
@@ -52,22 +53,23 @@ class Subtree:
     below: int  # product of the physical dimensions under this subtree
 
 
+def _pair_up(values: list[int], join: Callable[[int, int], int]) -> list[int]:
+    """Pair adjacent nodes level by level as ``build_tree`` does (an odd last node is carried up
+    unchanged) until two are left, folding each pair's values with ``join``."""
+    while len(values) > 2:
+        paired = [join(values[j], values[j + 1]) for j in range(0, len(values) - 1, 2)]
+        values = paired + values[len(paired) * 2 :]
+    return values
+
+
 def tree_levels(n_legs: int) -> int:
     """Bond levels of the tree over ``n_legs`` leaves (the height of the root's children + 1)."""
-    heights = [0] * n_legs
-    while len(heights) > 2:
-        paired = [max(heights[j], heights[j + 1]) + 1 for j in range(0, len(heights) - 1, 2)]
-        heights = paired + heights[len(paired) * 2 :]
-    return max(heights) + 1
+    return max(_pair_up([0] * n_legs, lambda a, b: max(a, b) + 1)) + 1
 
 
 def root_split(n_legs: int) -> int:
     """How many of ``n_legs`` leaves ``build_tree`` puts under the root's left subtree."""
-    counts = [1] * n_legs
-    while len(counts) > 2:
-        paired = [counts[j] + counts[j + 1] for j in range(0, len(counts) - 1, 2)]
-        counts = paired + counts[len(paired) * 2 :]
-    return counts[0]
+    return _pair_up([1] * n_legs, operator.add)[0]
 
 
 def build_tree(
