@@ -3,6 +3,7 @@ the same recipe, seed and data write the same model file, byte for byte."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import re
 import subprocess
@@ -21,13 +22,19 @@ import cells
 import study
 
 
-@pytest.mark.slow
-def test_a_study_cell_writes_what_adntn_compress_writes(tmp_path, monkeypatch):
+@pytest.fixture
+def teacher(tmp_path, monkeypatch) -> Path:
+    """A small VGG's weights, saved as a study's teacher file; its FC7 is a study unit."""
     monkeypatch.setitem(cells.UNITS, "demo_vgg", {"fc7": ["classifier.3"]})
     monkeypatch.setitem(cells.SIZES["cpu"], "demo_vgg", 32)
     torch.manual_seed(0)
-    teacher = tmp_path / "t.pt"
-    torch.save(build_model("demo_vgg", 10).state_dict(), teacher)
+    path = tmp_path / "t.pt"
+    torch.save(build_model("demo_vgg", 10).state_dict(), path)
+    return path
+
+
+@pytest.mark.slow
+def test_a_study_cell_writes_what_adntn_compress_writes(teacher, tmp_path, monkeypatch):
     cell = cells.Cell("demo_vgg", "fc7", 300, "ttn", seed=3)
     schedule = cells.Schedule(layerwise_steps=3, calib_batches=1, epochs=1, batch=16)
     written = {}
@@ -52,6 +59,39 @@ def test_a_study_cell_writes_what_adntn_compress_writes(tmp_path, monkeypatch):
     )  # fmt: skip
     assert done.returncode == 0, done.stderr
     assert (tmp_path / "cli" / "model.safetensors").read_bytes() == written["cell"]
+
+
+@pytest.mark.slow
+def test_a_stopped_cell_resumes_and_writes_what_an_unstopped_one_writes(
+    teacher, tmp_path, monkeypatch
+):
+    cell = cells.Cell("demo_vgg", "fc7", 300, "ttn", seed=1)
+    schedule = cells.Schedule(layerwise_steps=3, calib_batches=1, epochs=2, batch=16)
+    real, models, resumed = cells.compress, [], []
+
+    def kept(job, callback=None):  # the run's model file, and whether it resumed
+        resumed.append(job.resume)
+        report = real(job, callback)
+        models.append((Path(report.run_dir) / "model.safetensors").read_bytes())
+        return report
+
+    def killed(job, callback=None):  # stopped at its second step's checkpoint, then killed
+        real(dataclasses.replace(job, stop_after=2), callback)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(cells, "compress", kept)
+    whole = cells.run_cell(cell, teacher, schedule, "cpu", data="synthetic:64")
+    runner = cells.Runner("cpu", "synthetic:64", runs=tmp_path / "runs")
+    monkeypatch.setattr(cells, "compress", killed)
+    with pytest.raises(KeyboardInterrupt):
+        cells.run_cell(cell, teacher, schedule, runner)
+    (folder,) = (tmp_path / "runs").iterdir()  # kept for the next attempt
+    assert (folder / "run" / "checkpoints" / "last.pt").is_file()
+    monkeypatch.setattr(cells, "compress", kept)
+    row = cells.run_cell(cell, teacher, schedule, runner)
+    assert resumed == [False, True] and row["attempts"] == 2 and row["seconds"] > 0
+    assert models[0] == models[1] and row["top1"] == whole["top1"]
+    assert not any((tmp_path / "runs").iterdir())  # a finished cell leaves nothing behind
 
 
 @pytest.mark.parametrize("variant", sorted(cells.TUNING))

@@ -18,8 +18,14 @@ each replaced layer's output SQNR in dB on the validation inputs, parameters, ra
 
 from __future__ import annotations
 
+import json
 import math
+import re
+import shutil
 import tempfile
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
@@ -323,13 +329,16 @@ def cell_size(cell: Cell) -> int:
 class Runner:
     """How cells run: the device, the data, and the ``adntn compress`` flags besides the
     recipe (``--precision``, ``--prefix-cache``); ``sqnr_images`` validation images measure
-    each replaced layer's SQNR."""
+    each replaced layer's SQNR. With ``runs``, a cell runs in a folder of its own there and a
+    cell that was stopped (a session's end, a kill) resumes where its last checkpoint left it
+    (``adntn compress --resume``); without, in a temporary folder."""
 
     device: str = "cpu"
     data: str = "digits"
     precision: str | None = None
     prefix_cache: Path | None = None
     sqnr_images: int | None = None
+    runs: Path | None = None
 
 
 def run_cell(
@@ -346,14 +355,14 @@ def run_cell(
         **asdict(cell),
         "schedule": asdict(schedule) if schedule else None,
     }
-    with tempfile.TemporaryDirectory() as tmp:
-        recipe = Path(tmp) / "cell.yaml"
+    with _cell_folder(cell, r.runs) as (folder, attempts):
+        recipe = folder / "cell.yaml"
         recipe.write_text(yaml.safe_dump(cell_recipe(cell, schedule), sort_keys=False))
         row["recipe"] = yaml.safe_load(recipe.read_text())
         job = CompressJob.create(
-            str(teacher_file), recipe, data=r.data, out=Path(tmp) / "run", device=r.device,
+            str(teacher_file), recipe, data=r.data, out=folder / "run", device=r.device,
             seed=cell.seed, argv=["study", cell.key], precision=r.precision,
-            prefix_cache=r.prefix_cache,
+            prefix_cache=r.prefix_cache, resume=len(attempts) > 1,
         )  # fmt: skip
         row["distill"] = job.recipe.distill.model_dump(mode="json")  # defaults as they were
         try:
@@ -363,7 +372,41 @@ def run_cell(
                 raise
             return {**row, "status": "unreachable", "reason": str(err)}
         sqnr = _sqnr(cell, teacher_file, report, r)
-    return {**row, **_measured(report), "sqnr_db": sqnr}
+    return {**row, **_measured(report), **_timing(attempts, report.seconds), "sqnr_db": sqnr}
+
+
+ATTEMPTS = "attempts.json"  # a resumable cell's starts, and how far each earlier one got
+
+
+@contextmanager
+def _cell_folder(cell: Cell, runs: Path | None) -> Iterator[tuple[Path, list[dict]]]:
+    """The folder a cell runs in, and its attempts so far, this one last. In ``runs``: kept
+    while the cell is unfinished (an exception leaves it for the next attempt to resume) and
+    removed once its row is made; an earlier attempt ``until`` its last write there."""
+    if runs is None:
+        with tempfile.TemporaryDirectory() as tmp:
+            yield Path(tmp), [{"started": time.time()}]
+        return
+    folder = runs / re.sub(r"[^\w.+-]", "_", cell.key)  # alexnet/fc/2000/ttn/s0 -> alexnet_fc_..
+    log = folder / ATTEMPTS
+    attempts = json.loads(log.read_text()) if log.is_file() else []
+    if attempts and (folder / "run").is_dir():
+        written = [f.stat().st_mtime for f in (folder / "run").rglob("*") if f.is_file()]
+        attempts[-1]["until"] = max(written, default=attempts[-1]["started"])
+    elif attempts:  # stopped before its run folder existed: start over
+        attempts = []
+    attempts.append({"started": time.time()})
+    folder.mkdir(parents=True, exist_ok=True)
+    log.write_text(json.dumps(attempts, indent=1) + "\n")
+    yield folder, attempts
+    shutil.rmtree(folder)
+
+
+def _timing(attempts: list[dict], seconds: float) -> dict:
+    """A resumed cell's time: each earlier attempt up to its last write (work after that was
+    lost and done again), and this one's; one attempt's is the run's own."""
+    earlier = sum(a["until"] - a["started"] for a in attempts[:-1])
+    return {"seconds": round(earlier + seconds, 1), "attempts": len(attempts)}
 
 
 def _sqnr(cell: Cell, teacher_file: Path, report, r: Runner) -> dict[str, float]:
@@ -400,7 +443,6 @@ def _measured(report) -> dict:
         "finetune": report.finetune,
         "precision": report.precision,
         "val_images": acc.val_images,
-        "seconds": report.seconds,
     }
 
 

@@ -17,7 +17,9 @@ images is computed once for the whole grid), evaluated on all 10,000 test images
 accuracy-fashion.json/.md/.png.
 
 Every finished cell is appended to benchmarks/results/accuracy.json at once (atomically), and a
-cell already there is skipped, so shards and interrupted runs add up to one results file;
+cell already there is skipped, so shards and interrupted runs add up to one results file; a
+fashion cell that was stopped (a kill, a session's end) resumes from its last checkpoint, kept
+in benchmarks/accuracy/.cache/runs until its row is written (its time counts every attempt);
 accuracy.md is rewritten from the JSON after every cell (``--tables`` rewrites it alone). A
 fashion results file records the adntn defaults its cells ran under (``adntn_defaults``: the
 grid's schedule is "no ``distill:`` section"), and the study refuses to add cells to one that
@@ -69,6 +71,7 @@ BUDGETS = [2000, 20000, 77000]
 SEEDS = [0, 1, 2]
 FASHION_STRUCTURES = ["ttn", "tt", "augttn", "lowrank"]
 PREFIX_STORE = CACHE / "prefix"  # the fashion grid's frozen-prefix store
+RUNS = CACHE / "runs"  # the fashion grid's unfinished cells, each resumed where it stopped
 
 
 def grid(
@@ -292,7 +295,7 @@ def _runner(args) -> Runner:
     if args.grid != "fashion":
         return Runner(args.device)
     data = f"fashion-mnist:{args.data}"
-    return Runner(args.device, data, _precision(args), PREFIX_STORE, sqnr_images=1000)
+    return Runner(args.device, data, _precision(args), PREFIX_STORE, sqnr_images=1000, runs=RUNS)
 
 
 def _todo(args, rows: list[dict]) -> tuple[list[Cell], set[str]]:
