@@ -117,16 +117,22 @@ def _relative_error(
 
 def _svd_start(layer: nn.Module, dense: nn.Module) -> bool:
     """Set ``layer``'s generator from ``dense``'s weight where it is one multilinear chain
-    (Linear and Conv2d layers have one generator); whether it was set. The noise that pads a
-    bond the weight's rank cannot fill is seeded, so the start draws nothing from the global
-    generator."""
+    (TT-SVD) or a tree with near-linear levels (HT-SVD; Linear and Conv2d layers have one
+    generator); whether it was set. The noise that pads a chain's bond the weight's rank cannot
+    fill is seeded, so the start draws nothing from the global generator."""
+    from .tn.htsvd import ht_svd_start_, tree_order
     from .tn.svdstart import chain_order, svd_start_
 
     gens = list(getattr(layer, "generators", dict)().values())
     weight = getattr(dense, "weight", None)
-    if len(gens) != 1 or chain_order(gens[0]) is None or weight is None:
+    if len(gens) != 1 or weight is None:
         return False
-    svd_start_(gens[0], weight, generator=torch.Generator().manual_seed(0))
+    if chain_order(gens[0]) is not None:
+        svd_start_(gens[0], weight, generator=torch.Generator().manual_seed(0))
+    elif tree_order(gens[0]) is not None:
+        ht_svd_start_(gens[0], weight)
+    else:
+        return False
     return True
 
 
@@ -146,8 +152,10 @@ def layerwise_fit(
     """Fit each named student layer to the teacher layer's outputs; returns relative errors.
 
     ``start="svd"`` first sets each multilinear chain generator (tt, lowrank) from a TT-SVD of
-    the teacher layer's weight (tn/svdstart.py), kept where its error on the calibration
-    outputs is below the random start's (``results[name]["start"]`` says which was kept).
+    the teacher layer's weight (tn/svdstart.py), and each tree whose levels are near-linear
+    (ttn with tanh or identity, no mixing) from an HT-SVD (tn/htsvd.py), each kept where its
+    error on the calibration outputs is below the random start's (``results[name]["start"]``
+    says which was kept).
 
     The loss is the squared error relative to the teacher output's power (in float32), with Adam
     and a cosine decay; the teacher and the layer run under ``precision``'s autocast, as they

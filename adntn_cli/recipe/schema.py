@@ -136,7 +136,8 @@ class Layerwise(_Strict):
     start: Literal["random", "svd"] = Field(
         default="random",
         description="svd: multilinear chains (tt, lowrank) start from a TT-SVD of the dense "
-        "weight, kept where it fits the calibration outputs better than the random start",
+        "weight, trees (ttn with tanh or identity levels, no mixing) from an HT-SVD; kept "
+        "where it fits the calibration outputs better than the random start",
     )
 
 

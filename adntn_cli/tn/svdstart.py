@@ -20,7 +20,20 @@ import torch
 from .errors import TNConfigError
 from .generator import TNGenerator
 
-__all__ = ["chain_order", "svd_start_"]
+__all__ = ["chain_order", "svd_start_", "weight_tensor"]
+
+
+def weight_tensor(gen: TNGenerator, weight: torch.Tensor) -> tuple[torch.Tensor, list[str]]:
+    """``weight`` zero-padded to ``gen``'s tensorisation, in float64 on the CPU, with one axis per
+    physical index, and those indices' names in axis order (outputs first)."""
+    net, tz = gen.network, gen.tz
+    padded = torch.zeros(tz.out_padded, *tz.in_padded, dtype=torch.float64)
+    padded[(slice(0, tz.out_size), *(slice(0, s) for s in tz.in_sizes))] = (
+        weight.detach().to("cpu", torch.float64).reshape(tz.out_size, *tz.in_sizes)
+    )
+    order = list(net.w_out) + list(net.w_in)
+    full = padded.reshape([net.index_sizes[i] for i in order])  # (O_pad, I_pad...) -> (o..., i...)
+    return full, order
 
 
 def chain_order(gen: TNGenerator) -> list[tuple[str, tuple[str, ...], tuple[str, ...]]] | None:
@@ -55,14 +68,9 @@ def svd_start_(
         raise TNConfigError(
             f"an SVD start needs a multilinear chain (tt, lowrank); {gen.spec.structure} is not one"
         )
-    net, tz = gen.network, gen.tz
+    net = gen.network
     sizes = net.index_sizes
-    padded = torch.zeros(tz.out_padded, *tz.in_padded, dtype=torch.float64)
-    padded[(slice(0, tz.out_size), *(slice(0, s) for s in tz.in_sizes))] = (
-        weight.detach().to("cpu", torch.float64).reshape(tz.out_size, *tz.in_sizes)
-    )
-    order = list(net.w_out) + list(net.w_in)
-    full = padded.reshape([sizes[i] for i in order])  # (O_pad, I_pad...) -> (o..., i...)
+    full, order = weight_tensor(gen, weight)
     by_core = [i for _, phys, _ in chain for i in phys]
     rest = full.permute([order.index(i) for i in by_core])  # physical indices core by core
     rank_in = 1

@@ -81,7 +81,7 @@ def test_the_fit_keeps_the_svd_start_only_where_it_is_better():
     teacher = nn.Sequential(nn.Linear(64, 48), nn.ReLU(), nn.Linear(48, 32))
     student = copy.deepcopy(teacher)
     student[0] = from_module(teacher[0], StructureSpec("tt", bond_dim=4))
-    student[2] = from_module(teacher[2], StructureSpec("ttn", bond_dim=3))  # no chain
+    student[2] = from_module(teacher[2], StructureSpec("mera", bond_dim=2))  # no chain, no tree
     batches = [torch.randn(32, 64) for _ in range(2)]
     random = layerwise_fit(teacher, copy.deepcopy(student), ["0", "2"], batches, steps=0, lr=1e-2)
     svd = layerwise_fit(teacher, student, ["0", "2"], batches, steps=0, lr=1e-2, start="svd")
