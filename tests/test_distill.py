@@ -219,3 +219,19 @@ def test_a_tie_on_held_out_top1_keeps_the_checkpoint_with_the_lower_loss(tmp_pat
     assert (done["best_top1"], done["best_step"]) == (1.0, 3)
     best = torch.load(tmp_path / "best.pt", weights_only=False)
     assert (best["best_step"], best["best_loss"]) == (3, 0.2)
+
+
+def test_the_layerwise_targets_are_the_layers_outputs_before_an_in_place_activation():
+    torch.manual_seed(0)
+    # torchvision's AlexNet and VGG put ReLU(inplace=True) after their Linear and Conv2d layers
+    teacher = nn.Sequential(nn.Linear(16, 12), nn.ReLU(inplace=True), nn.Linear(12, 4))
+    student = copy.deepcopy(teacher)
+    student[0] = GeneratedLinear.from_module(teacher[0], StructureSpec("tt", bond_dim=2))
+    with torch.no_grad():
+        student[0].generator.scale.zero_()  # outputs: the bias alone
+        x = torch.randn(32, 16)
+        y = teacher[0](x)  # pre-activation: half of it negative
+    fit = layerwise_fit(teacher, student, ["0"], [x], steps=0, lr=1e-2)
+    bias = teacher[0].bias.detach().expand_as(y)
+    expected = float((bias - y).pow(2).sum() / y.pow(2).sum())
+    assert fit["0"]["initial"] == pytest.approx(expected, rel=1e-5)
