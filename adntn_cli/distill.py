@@ -117,12 +117,11 @@ def _relative_error(
     return num / max(den, 1e-30)
 
 
-def _svd_start(layer: nn.Module, dense: nn.Module, inputs: torch.Tensor | None = None) -> bool:
+def _svd_start(layer: nn.Module, dense: nn.Module) -> bool:
     """Set ``layer``'s generator from ``dense``'s weight where it is one multilinear chain
     (TT-SVD) or a tree with near-linear levels (HT-SVD; Linear and Conv2d layers have one
-    generator); whether it was set. A Linear's ``inputs`` (the calibration batches) whiten the
-    truncations, so that they fit its outputs (tn/whiten.py). The noise that pads a chain's bond
-    the weight's rank cannot fill is seeded: the start draws nothing from the global generator."""
+    generator); whether it was set. The noise that pads a chain's bond the weight's rank cannot
+    fill is seeded, so the start draws nothing from the global generator."""
     from .tn.htsvd import ht_svd_start_, tree_order
     from .tn.svdstart import chain_order, svd_start_
 
@@ -130,11 +129,10 @@ def _svd_start(layer: nn.Module, dense: nn.Module, inputs: torch.Tensor | None =
     weight = getattr(dense, "weight", None)
     if len(gens) != 1 or weight is None:
         return False
-    inputs = inputs if isinstance(dense, nn.Linear) else None
     if chain_order(gens[0]) is not None:
-        svd_start_(gens[0], weight, torch.Generator().manual_seed(0), inputs=inputs)
+        svd_start_(gens[0], weight, generator=torch.Generator().manual_seed(0))
     elif tree_order(gens[0]) is not None:
-        ht_svd_start_(gens[0], weight, inputs=inputs)
+        ht_svd_start_(gens[0], weight)
     else:
         return False
     return True
@@ -157,10 +155,9 @@ def layerwise_fit(
 
     ``start="svd"`` first sets each multilinear chain generator (tt, lowrank) from a TT-SVD of
     the teacher layer's weight (tn/svdstart.py), and each tree whose levels are near-linear
-    (ttn with tanh or identity, no mixing) from an HT-SVD (tn/htsvd.py), a Linear's truncations
-    whitened by its calibration inputs so that they fit its outputs (tn/whiten.py), each kept
-    where its error on the calibration outputs is below the random start's
-    (``results[name]["start"]`` says which was kept).
+    (ttn with tanh or identity, no mixing) from an HT-SVD (tn/htsvd.py), each kept where its
+    error on the calibration outputs is below the random start's (``results[name]["start"]``
+    says which was kept).
 
     The loss is the squared error relative to the teacher output's power (in float32), with Adam
     and a cosine decay; the teacher and the layer run under ``precision``'s autocast, as they
@@ -181,8 +178,7 @@ def layerwise_fit(
         before = {key: v.detach().clone() for key, v in layer.state_dict().items()}
         initial = _relative_error(layer, pairs, precision)
         kept = "random"
-        inputs = torch.cat([x.float() for x, _ in pairs]) if start == "svd" else None
-        if start == "svd" and _svd_start(layer, teacher.get_submodule(name), inputs):
+        if start == "svd" and _svd_start(layer, teacher.get_submodule(name)):
             svd = _relative_error(layer, pairs, precision)
             if math.isfinite(svd) and svd < initial:
                 before = {key: v.detach().clone() for key, v in layer.state_dict().items()}

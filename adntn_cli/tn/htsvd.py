@@ -28,7 +28,6 @@ from .activations import get_activation
 from .errors import TNConfigError
 from .generator import TNGenerator
 from .svdstart import weight_tensor
-from .whiten import apply_, input_factors, transform
 
 __all__ = ["TreeNode", "ht_svd_start_", "tree_order"]
 
@@ -36,13 +35,11 @@ __all__ = ["TreeNode", "ht_svd_start_", "tree_order"]
 @dataclass(frozen=True)
 class TreeNode:
     """One core of the tree in the order the start sets it: a leaf's ``group`` is its physical
-    indices, a node's its children's bonds; ``bond`` is the bond it hands up (None: the root);
-    ``activation`` is the one its step applies (a leaf's core is used as it is)."""
+    indices, a node's its children's bonds; ``bond`` is the bond it hands up (None: the root)."""
 
     core: str
     group: tuple[str, ...]
     bond: str | None
-    activation: str = "identity"
 
 
 def _near_identity(name: str) -> bool:
@@ -86,7 +83,7 @@ def tree_order(gen: TNGenerator) -> list[TreeNode] | None:
         used |= set(children)
         if not last:
             bond_of[step.out] = new[0]
-        order.append(TreeNode(joins[0].name, group, None if last else new[0], step.activation))
+        order.append(TreeNode(joins[0].name, group, None if last else new[0]))
     return order if used == set(bond_of) else None  # every subtree joined once
 
 
@@ -105,13 +102,10 @@ def _leading_basis(
 
 
 @torch.no_grad()
-def ht_svd_start_(
-    gen: TNGenerator, weight: torch.Tensor, inputs: torch.Tensor | None = None
-) -> None:
+def ht_svd_start_(gen: TNGenerator, weight: torch.Tensor) -> None:
     """Set ``gen``'s cores from ``weight`` (the layer's, shaped like ``gen.weight_shape``) by
-    HT-SVD, leaves to root; the output scale becomes 1. With ``inputs`` (a Linear layer's), the
-    truncations fit the outputs on them instead of the weight (whiten.py). Raises
-    TNConfigError for a network that is no tree with near-linear levels (``tree_order``)."""
+    HT-SVD, leaves to root; the output scale becomes 1. Raises TNConfigError for a network that
+    is no tree with near-linear levels (``tree_order``)."""
     order = tree_order(gen)
     if order is None:
         raise TNConfigError(
@@ -120,8 +114,6 @@ def ht_svd_start_(
         )
     sizes = gen.network.index_sizes
     c, axes = weight_tensor(gen, weight)
-    factors = input_factors(gen, inputs) if inputs is not None else {}
-    c = transform(c, axes, {i: root for i, (root, _) in factors.items()})  # W L
     for node in order:
         if node.bond is None:  # the root: what is left of the weight, (bond_L, bond_R)
             _set(gen, node.core, c, axes)
@@ -133,35 +125,7 @@ def ht_svd_start_(
         # (rest..., bond): the group's axes contracted away, the bond appended
         c = torch.tensordot(c, basis, dims=(rows, list(range(len(rows)))))
         axes = [a for a in axes if a not in node.group] + [node.bond]
-    apply_(gen, {i: inverse for i, (_, inverse) in factors.items()})  # (W L)' L^-1
-    gen.scale.fill_(1.0 / _balance_(gen, order))
-
-
-def _balance_(gen: TNGenerator, order: list[TreeNode]) -> float:
-    """Scale each node's core so that its pre-activation on the leaves is as large as an
-    orthonormal basis (Frobenius norm ``sqrt(bond)``: entries about ``1/sqrt(rows)``, where
-    tanh is nearly linear); returns the product of the scales, which the output scale undoes.
-    Unwhitened, the bases are orthonormal already; whitened, the leaves carry ``L_k^-1`` and
-    their products would saturate tanh a few levels up."""
-    cores, sizes = gen.network.cores, gen.network.index_sizes
-    outputs: dict[str, torch.Tensor] = {}  # bond -> the subtree's output, (rows, bond)
-    total = 1.0
-    for node in order[:-1]:  # the root is linear: no activation to keep small
-        own = next(c.indices for c in cores if c.name == node.core)
-        core = gen.cores[node.core]
-        t = core.detach().double().permute([own.index(i) for i in (*node.group, node.bond)])
-        if node.group[0] not in outputs:  # a leaf: (phys..., bond) -> (rows, bond)
-            outputs[node.bond] = t.reshape(-1, sizes[node.bond])
-            continue
-        a, b = (outputs.pop(g) for g in node.group)
-        # (p, x) (q, y) (x, y, c) -> (p, q, c) -> (p q, c): the node's pre-activation
-        pre = torch.einsum("px,qy,xyc->pqc", a, b, t).reshape(-1, sizes[node.bond])
-        norm = float(pre.norm())
-        scale = sizes[node.bond] ** 0.5 / norm if norm > 0 else 1.0
-        core.mul_(scale)
-        total *= scale
-        outputs[node.bond] = get_activation(node.activation)(pre * scale)
-    return total
+    gen.scale.fill_(1.0)
 
 
 def _set(gen: TNGenerator, name: str, t: torch.Tensor, indices: list[str]) -> None:

@@ -10,7 +10,7 @@ TT-SVD (Oseledets 2011): with the weight's physical indices ordered core by core
 and the last core takes what is left. Each truncation is the best of its rank (Eckart-Young), and
 the whole is within ``sqrt(n - 1)`` of the best chain with those bonds; for lowrank it is the
 truncated SVD itself. A bond the weight's rank cannot fill is padded with small random values,
-so that no gradient is exactly zero. Trees with activations have no such closed form.
+so that no gradient is exactly zero. Trees start from an HT-SVD (htsvd.py).
 """
 
 from __future__ import annotations
@@ -19,7 +19,6 @@ import torch
 
 from .errors import TNConfigError
 from .generator import TNGenerator
-from .whiten import apply_, input_factors, transform
 
 __all__ = ["chain_order", "svd_start_", "weight_tensor"]
 
@@ -60,15 +59,10 @@ def chain_order(gen: TNGenerator) -> list[tuple[str, tuple[str, ...], tuple[str,
 
 @torch.no_grad()
 def svd_start_(
-    gen: TNGenerator,
-    weight: torch.Tensor,
-    generator: torch.Generator | None = None,
-    inputs: torch.Tensor | None = None,
+    gen: TNGenerator, weight: torch.Tensor, generator: torch.Generator | None = None
 ) -> None:
     """Set ``gen``'s cores from ``weight`` (the layer's, shaped like ``gen.weight_shape``) by
-    TT-SVD; the output scale becomes 1. With ``inputs`` (a Linear layer's), the truncations fit
-    the outputs on them instead of the weight (whiten.py). Raises TNConfigError for a network
-    that is no chain."""
+    TT-SVD; the output scale becomes 1. Raises TNConfigError for a network that is no chain."""
     chain = chain_order(gen)
     if chain is None:
         raise TNConfigError(
@@ -77,8 +71,6 @@ def svd_start_(
     net = gen.network
     sizes = net.index_sizes
     full, order = weight_tensor(gen, weight)
-    factors = input_factors(gen, inputs) if inputs is not None else {}
-    full = transform(full, order, {i: root for i, (root, _) in factors.items()})  # W L
     by_core = [i for _, phys, _ in chain for i in phys]
     rest = full.permute([order.index(i) for i in by_core])  # physical indices core by core
     rank_in = 1
@@ -102,7 +94,6 @@ def svd_start_(
         nxt[:r] = s[:r, None] * vh[:r]
         _set(gen, name, core, phys, bonds, rank_in, right)
         rest, rank_in = nxt, bond
-    apply_(gen, {i: inverse for i, (_, inverse) in factors.items()})  # (W L)' L^-1
     gen.scale.fill_(1.0)
 
 
