@@ -335,6 +335,7 @@ def main(argv: list[str] | None = None) -> None:
         row = run_cell(cell, files[cell.teacher], schedule, _runner(args))
         row["dense_top1"] = meta["teachers"][cell.teacher]["top1"]
         row["command"] = meta["command"]
+        row["threads"] = torch.get_num_threads()  # a cell repeats exactly only at its count
         rows = [r for r in load_rows(args.out) if r["key"] != row["key"]] + [row]
         save_rows(args.out, meta, rows)
         write_markdown({**meta, "rows": rows}, md)
