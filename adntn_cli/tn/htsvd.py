@@ -27,7 +27,7 @@ import torch
 from .activations import get_activation
 from .errors import TNConfigError
 from .generator import TNGenerator
-from .svdstart import weight_tensor
+from .svdstart import set_core_, weight_tensor
 
 __all__ = ["TreeNode", "ht_svd_start_", "tree_order"]
 
@@ -116,20 +116,13 @@ def ht_svd_start_(gen: TNGenerator, weight: torch.Tensor) -> None:
     c, axes = weight_tensor(gen, weight)
     for node in order:
         if node.bond is None:  # the root: what is left of the weight, (bond_L, bond_R)
-            _set(gen, node.core, c, axes)
+            set_core_(gen, node.core, c, axes)
             break
         u = _leading_basis(c, axes, node.group, sizes[node.bond])  # (group, bond)
         basis = u.reshape(*(sizes[i] for i in node.group), -1)  # (group...,  bond)
-        _set(gen, node.core, basis, [*node.group, node.bond])
+        set_core_(gen, node.core, basis, [*node.group, node.bond])
         rows = [axes.index(i) for i in node.group]
         # (rest..., bond): the group's axes contracted away, the bond appended
         c = torch.tensordot(c, basis, dims=(rows, list(range(len(rows)))))
         axes = [a for a in axes if a not in node.group] + [node.bond]
     gen.scale.fill_(1.0)
-
-
-def _set(gen: TNGenerator, name: str, t: torch.Tensor, indices: list[str]) -> None:
-    """Write ``t`` (axes named ``indices``) into core ``name``, in the core's own index order."""
-    own = next(c.indices for c in gen.network.cores if c.name == name)
-    core = gen.cores[name]
-    core.copy_(t.permute([indices.index(i) for i in own]).to(core.dtype))

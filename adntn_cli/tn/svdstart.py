@@ -20,7 +20,7 @@ import torch
 from .errors import TNConfigError
 from .generator import TNGenerator
 
-__all__ = ["chain_order", "svd_start_", "weight_tensor"]
+__all__ = ["chain_order", "set_core_", "svd_start_", "weight_tensor"]
 
 
 def weight_tensor(gen: TNGenerator, weight: torch.Tensor) -> tuple[torch.Tensor, list[str]]:
@@ -98,12 +98,17 @@ def svd_start_(
 
 
 def _set(gen, name, matrix, phys, bonds, rank_in, right) -> None:
-    """Write ``matrix`` ((r_in d, r_out), or (r_in, d) for the last core) into core ``name``,
-    whose own index order may differ: (left bond, physical..., right bond) -> the core's."""
+    """Write ``matrix`` ((r_in d, r_out), or (r_in, d) for the last core) into core ``name``:
+    (left bond, physical..., right bond)."""
     sizes = gen.network.index_sizes
     left = [b for b in bonds if b != right]
     ordered = [*left, *phys, *([right] if right else [])]
     t = matrix.reshape([sizes[i] for i in ordered])  # (r_in, d, r_out) with d split per index
-    indices = next(c.indices for c in gen.network.cores if c.name == name)
+    set_core_(gen, name, t, ordered)
+
+
+def set_core_(gen: TNGenerator, name: str, t: torch.Tensor, indices: list[str]) -> None:
+    """Write ``t`` (axes named ``indices``) into core ``name``, in the core's own index order."""
+    own = next(c.indices for c in gen.network.cores if c.name == name)
     core = gen.cores[name]
-    core.copy_(t.permute([ordered.index(i) for i in indices]).to(core.dtype))
+    core.copy_(t.permute([indices.index(i) for i in own]).to(core.dtype))
