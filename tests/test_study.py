@@ -236,6 +236,23 @@ def test_a_comparison_on_one_seed_says_its_spread_is_not_measured():
     assert tables.compare(tables.summarise(wide), "alexnet", "fc", 20000).endswith("**tie**")
 
 
+def test_the_plot_keeps_the_tries_only_while_it_stays_readable(tmp_path):
+    import tables
+
+    def rows(structure: str, variant: str = "") -> list[dict]:
+        return [{**_row(structure, 0, 0.9), "budget": b, "variant": variant} for b in (2e3, 2e4)]
+
+    few = [*rows("ttn"), *rows("tt"), *rows("ttn", "map-legs")]
+    panel = ("alexnet", "fc")
+    assert set(tables._series(tables.summarise(few), panel)) == {"ttn", "tt", "ttn (map-legs)"}
+    tries = [f"kd-{k}" for k in range(tables.MAX_SERIES)]
+    many = few + [r for t in tries for r in rows("tt", t)]
+    assert set(tables._series(tables.summarise(many), panel)) == {"ttn", "tt"}
+    doc = {"rows": many, "teachers": {"alexnet": {"top1": 0.9}}}
+    tables.write_plot(doc, tmp_path / "p.png")
+    assert (tmp_path / "p.png").stat().st_size > 1000
+
+
 def test_an_unreachable_row_names_the_layer_and_the_ratio_it_reaches():
     import tables
 

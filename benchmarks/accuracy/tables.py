@@ -218,9 +218,49 @@ def write_markdown(doc: dict, path: Path) -> None:
     path.write_text("\n".join(lines) + "\n")
 
 
+MAX_SERIES = 8  # tries are plotted only when the panel stays readable; the tables have them all
+ZOOM_POINTS = 2.0  # the zoomed panel shows dense - 2 .. dense + 2 points
+
+
+def _series(summary: dict, panel: tuple) -> dict[str, list[tuple[float, float, float]]]:
+    """Name -> sorted (ratio, top-1 %, spread %) of one (teacher, unit) panel: the grid's
+    structures, and the tries beside them when there are at most MAX_SERIES names in all."""
+    names = sorted({k[3] for k in summary if k[:2] == panel})
+    if len(names) > MAX_SERIES:
+        names = [n for n in names if " " not in n]  # "tt (kd-0.25)" is a try
+    series = {}
+    for name in names:
+        pts = sorted(
+            (v["replaced_ratio"], 100 * v["top1"], 100 * v["spread"])
+            for k, v in summary.items()
+            if k[:2] == panel and k[3] == name and v["status"] == "done"
+        )
+        if pts:
+            series[name] = pts
+    return series
+
+
+def _draw(ax, series: dict, dense: float, ylim: tuple[float, float], ticks: list[int]) -> None:
+    from matplotlib.ticker import NullFormatter
+
+    for name, pts in series.items():
+        xs, ys, es = zip(*pts, strict=True)
+        style = "--" if " " in name else "-"
+        ax.errorbar(xs, ys, yerr=es, label=name, marker="o", linestyle=style, capsize=3)
+    ax.axhline(dense, color="black", linewidth=0.8, label="dense")
+    ax.set_xscale("log")
+    ax.set_xticks(ticks, [f"{t:,}x" for t in ticks])  # the budgets, not powers of ten
+    ax.xaxis.set_minor_formatter(NullFormatter())
+    ax.set_xlabel("x fewer parameters (replaced layers, log scale)")
+    ax.set_ylabel("top-1 %")
+    ax.set_ylim(*ylim)
+    ax.grid(True, which="both", alpha=0.3)
+
+
 def write_plot(doc: dict, path: Path) -> None:
-    """Top-1 against "x fewer parameters" per structure (mean and spread over seeds), one panel
-    per teacher and layer set with more than one budget; the dense teacher as a line."""
+    """Top-1 against "x fewer parameters" per structure (mean and spread over seeds) for each
+    teacher and layer set with more than one budget: the whole range, and beside it the band of
+    +-2 points around the dense teacher (a line), where the structures differ."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -233,30 +273,16 @@ def write_plot(doc: dict, path: Path) -> None:
     panels = sorted(k for k, b in budgets.items() if len(b) > 1)
     if not panels:
         return
-    fig, axes = plt.subplots(1, len(panels), figsize=(6 * len(panels), 4.2), squeeze=False)
-    for ax, (teacher, unit) in zip(axes[0], panels, strict=True):
-        names = sorted({k[3] for k in summary if k[:2] == (teacher, unit)})
-        for name in names:
-            pts = sorted(
-                (v["replaced_ratio"], v["top1"], v["spread"])
-                for k, v in summary.items()
-                if k[:2] == (teacher, unit) and k[3] == name and v["status"] == "done"
-            )
-            if not pts:
-                continue
-            xs, ys, es = zip(*pts, strict=True)
-            style = "--" if " " in name else "-"
-            ax.errorbar(xs, [100 * y for y in ys], yerr=[100 * e for e in es], label=name,
-                        marker="o", linestyle=style, capsize=3)  # fmt: skip
-        dense = doc["teachers"][teacher]["top1"]
-        ax.axhline(100 * dense, color="black", linewidth=0.8, label="dense")
-        ax.set_xscale("log")
-        ax.set_xlabel("x fewer parameters (replaced layers, log scale)")
-        ax.set_ylabel("top-1 %")
-        ax.set_ylim(0, 102)
-        ax.set_title(f"{teacher}: {UNIT_NAMES[unit]}")
-        ax.grid(True, which="both", alpha=0.3)
-        ax.legend(fontsize=8)
+    fig, axes = plt.subplots(len(panels), 2, figsize=(12, 4.6 * len(panels)), squeeze=False)
+    for (full, zoom), panel in zip(axes, panels, strict=True):
+        series = _series(summary, panel)
+        dense = 100 * doc["teachers"][panel[0]]["top1"]
+        ticks = sorted(budgets[panel])
+        _draw(full, series, dense, (0, 102), ticks)
+        _draw(zoom, series, dense, (dense - ZOOM_POINTS, dense + ZOOM_POINTS), ticks)
+        full.set_title(f"{panel[0]}: {UNIT_NAMES[panel[1]]}")
+        zoom.set_title(f"the same, within {ZOOM_POINTS:g} points of dense")
+        zoom.legend(fontsize=8, loc="center left", bbox_to_anchor=(1.02, 0.5))
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
