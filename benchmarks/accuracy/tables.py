@@ -23,6 +23,11 @@ def _stats(values: list[float]) -> tuple[float, float]:
     return statistics.mean(values), statistics.stdev(values) if len(values) > 1 else 0.0
 
 
+def _is_try(name: str) -> bool:
+    """Whether a summary's structure name is a try: ``summarise`` names one "tt (kd-0.25)"."""
+    return " " in name
+
+
 def summarise(rows: list[dict]) -> dict[tuple, dict]:
     """(teacher, unit, budget, structure) -> mean/spread of the seeds' numbers."""
     groups: dict[tuple, list[dict]] = defaultdict(list)
@@ -209,7 +214,7 @@ def write_markdown(doc: dict, path: Path) -> None:
         for with_variants in (False, True):
             verdicts = [(b, compare(summary, teacher, unit, b, with_variants)) for b in budgets]
             verdicts = [(b, v) for b, v in verdicts if v]
-            has_variants = any(" " in k[3] for k in summary if k[:2] == (teacher, unit))
+            has_variants = any(_is_try(k[3]) for k in summary if k[:2] == (teacher, unit))
             if not verdicts or (with_variants and not has_variants):
                 continue
             title = "including the tries (variants)" if with_variants else "grid settings"
@@ -227,7 +232,7 @@ def _series(summary: dict, panel: tuple) -> dict[str, list[tuple[float, float, f
     structures, and the tries beside them when there are at most MAX_SERIES names in all."""
     names = sorted({k[3] for k in summary if k[:2] == panel})
     if len(names) > MAX_SERIES:
-        names = [n for n in names if " " not in n]  # "tt (kd-0.25)" is a try
+        names = [n for n in names if not _is_try(n)]
     series = {}
     for name in names:
         pts = sorted(
@@ -245,7 +250,7 @@ def _draw(ax, series: dict, dense: float, ylim: tuple[float, float], ticks: list
 
     for name, pts in series.items():
         xs, ys, es = zip(*pts, strict=True)
-        style = "--" if " " in name else "-"
+        style = "--" if _is_try(name) else "-"
         ax.errorbar(xs, ys, yerr=es, label=name, marker="o", linestyle=style, capsize=3)
     ax.axhline(dense, color="black", linewidth=0.8, label="dense")
     ax.set_xscale("log")
@@ -279,7 +284,8 @@ def write_plot(doc: dict, path: Path) -> None:
         dense = 100 * doc["teachers"][panel[0]]["top1"]
         ticks = sorted(budgets[panel])
         _draw(full, series, dense, (0, 102), ticks)
-        _draw(zoom, series, dense, (dense - ZOOM_POINTS, dense + ZOOM_POINTS), ticks)
+        band = (dense - ZOOM_POINTS, min(dense + ZOOM_POINTS, 100.2))  # no room above 100%
+        _draw(zoom, series, dense, band, ticks)
         full.set_title(f"{panel[0]}: {UNIT_NAMES[panel[1]]}")
         zoom.set_title(f"the same, within {ZOOM_POINTS:g} points of dense")
         zoom.legend(fontsize=8, loc="center left", bbox_to_anchor=(1.02, 0.5))
